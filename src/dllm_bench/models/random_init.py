@@ -1,0 +1,219 @@
+"""Writers of random-init model folders that load exactly like hub checkpoints.
+
+``write_llada_folder`` writes a LLaDA folder (``config.json`` with ``auto_map``,
+``model.safetensors`` and the remote-code files ``configuration_llada.py`` and
+``modeling_llada.py``) that ``transformers.AutoModel.from_pretrained(folder,
+trust_remote_code=True)`` loads as it would load ``GSAI-ML/LLaDA-8B-Instruct``.
+``write_llama_folder`` writes a plain ``LlamaForCausalLM`` folder, the
+autoregressive baseline. ``folder_key`` names cache folders.
+
+Folders are written atomically: the model is saved into a temporary directory
+beside the target, which is then renamed onto it, so a killed writer never
+leaves a half-written folder under the final name (only a ``.<name>.tmp-*``
+directory beside it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from dllm_bench.models.llada_hf import modeling_llada
+from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
+from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+
+__all__ = [
+    "LLADA_REMOTE_CODE_FILES",
+    "folder_key",
+    "llada_source_dir",
+    "write_llada_folder",
+    "write_llama_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The remote-code files copied into every LLaDA folder.
+LLADA_REMOTE_CODE_FILES: tuple[str, ...] = ("configuration_llada.py", "modeling_llada.py")
+
+# Keys LlamaConfig reads besides its dataclass fields (transformers 5 converts them to ``rope_parameters``).
+_LLAMA_LEGACY_KEYS = frozenset({"rope_theta", "rope_scaling"})
+
+
+def llada_source_dir() -> Path:
+    """The package folder holding the LLaDA remote-code files."""
+    return Path(modeling_llada.__file__).resolve().parent
+
+
+def folder_key(kind: str, arch: Mapping[str, Any], seed: int, dtype: str) -> str:
+    """A short stable name for a model folder: first 16 hex chars of the sha256 of a canonical JSON.
+
+    The JSON has sorted keys and no whitespace, so the key does not depend on
+    the order of ``arch``. Values of ``arch`` must be JSON-serialisable.
+    """
+    payload = {"kind": kind, "arch": dict(arch), "seed": seed, "dtype": dtype}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> Path:
+    """Write a random-init LLaDA folder loadable with ``AutoModel.from_pretrained(folder, trust_remote_code=True)``.
+
+    ``arch`` holds :class:`LLaDAConfig` arguments (missing keys take the 8B
+    defaults); an unknown key raises ``ValueError``. If ``folder`` already has a
+    ``config.json`` it is returned as is: the weights are not rewritten, only the
+    remote-code files are refreshed if they differ from the package's.
+    """
+    folder = Path(folder)
+    _check_keys("LLaDA", arch, frozenset(LLADA_CONFIG_KEYS))
+    _check_dtype(dtype)
+    sources = [llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES]
+    if _is_complete(folder):
+        logger.info("LLaDA folder %s already exists, not rewriting it", folder)
+        _refresh_files(folder, sources)
+        return folder
+    config = LLaDAConfig(**dict(arch))
+
+    def build() -> PreTrainedModel:
+        return LLaDAModelLM(config)
+
+    return _write_atomically(folder, build, seed=seed, dtype=dtype, extra_files=sources)
+
+
+def write_llama_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> Path:
+    """Write a random-init ``LlamaForCausalLM`` folder loadable with ``AutoModelForCausalLM.from_pretrained(folder)``.
+
+    ``arch`` holds :class:`transformers.LlamaConfig` arguments; an unknown key
+    raises ``ValueError``. If ``folder`` already has a ``config.json`` it is
+    returned without rewriting.
+    """
+    folder = Path(folder)
+    known = frozenset(f.name for f in dataclasses.fields(LlamaConfig)) | _LLAMA_LEGACY_KEYS
+    _check_keys("Llama", arch, known)
+    _check_dtype(dtype)
+    if _is_complete(folder):
+        logger.info("Llama folder %s already exists, not rewriting it", folder)
+        return folder
+    config = LlamaConfig(**dict(arch))
+
+    def build() -> PreTrainedModel:
+        return LlamaForCausalLM(config)
+
+    return _write_atomically(folder, build, seed=seed, dtype=dtype, extra_files=())
+
+
+def _check_keys(kind: str, arch: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(key for key in arch if key not in known)
+    if unknown:
+        raise ValueError(f"unknown {kind} architecture key(s): {', '.join(map(repr, unknown))}")
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _random_model(build: Callable[[], PreTrainedModel], *, seed: int, dtype: torch.dtype) -> PreTrainedModel:
+    """Build the model on the meta device, allocate it once in ``dtype`` on the CPU, then initialise it.
+
+    This skips torch's own per-layer initialisation (which would be overwritten)
+    and never holds a second copy of the weights. The caller's RNG state is
+    left untouched.
+    """
+    with _default_dtype(dtype), torch.device("meta"):
+        model = build()
+    model.to_empty(device="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.init_weights()  # type: ignore[no-untyped-call]
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def _write_atomically(
+    folder: Path,
+    build: Callable[[], PreTrainedModel],
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    extra_files: Sequence[Path],
+) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the folder is a shared cache entry
+        model = _random_model(build, seed=seed, dtype=dtype)
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info(
+            "writing %s (%d parameters, %s, seed %d) to %s", type(model).__name__, n_params, dtype, seed, folder
+        )
+        model.save_pretrained(tmp)
+        del model
+        for source in extra_files:
+            shutil.copyfile(source, tmp / source.name)
+        try:
+            # Replaces ``folder`` only if it is missing or an empty directory.
+            os.rename(tmp, folder)
+        except OSError as err:
+            if _is_complete(folder):
+                logger.info("%s was written concurrently by another writer, keeping that one", folder)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return folder
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise FileExistsError(
+                    f"{folder} exists but is not a model folder (no config.json); refusing to replace it"
+                ) from err
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _refresh_files(folder: Path, sources: Sequence[Path]) -> None:
+    """Atomically replace the copies in ``folder`` of files that differ from ``sources``."""
+    for source in sources:
+        target = folder / source.name
+        data = source.read_bytes()
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        logger.info("updating %s from %s", target, source)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{source.name}.tmp-", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.chmod(tmp_name, 0o644)
+                os.replace(tmp_name, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+                raise
+        except OSError as err:
+            logger.warning("could not update %s: %s", target, err)

@@ -1,0 +1,404 @@
+"""Tests of the LLaDA remote-code implementation and of the random-init folder writers."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub.constants
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
+from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+from dllm_bench.models.random_init import folder_key, write_llada_folder, write_llama_folder
+
+TINY: dict[str, Any] = {
+    "d_model": 64,
+    "n_heads": 4,
+    "n_layers": 2,
+    "mlp_hidden_size": 128,
+    "vocab_size": 512,
+    "embedding_size": 512,
+    "mask_token_id": 500,
+    "eos_token_id": 501,
+    "bos_token_id": 502,
+    "pad_token_id": 501,
+}
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
+
+TINY_LLAMA: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 512,
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import, so also patch the parsed constant.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_llada_folder(tmp_path_factory.mktemp("written") / "llada_tiny", TINY, seed=0, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_folder: Path) -> Iterator[Any]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        model = transformers.AutoModel.from_pretrained(tiny_folder, trust_remote_code=True)
+    assert not model.training  # from_pretrained returns the model in eval mode
+    yield model
+
+
+def _llada_num_params(cfg: LLaDAConfig) -> int:
+    """Parameter count from the config alone (no instantiation)."""
+    d, head_dim = cfg.d_model, cfg.d_model // cfg.n_heads
+    kv = cfg.n_kv_heads * head_dim
+    bias = int(cfg.include_bias)
+    attn = (d * d + d * bias) * 2 + (d * kv + kv * bias) * 2  # q_proj, attn_out, k_proj, v_proj
+    mlp = (d * cfg.mlp_hidden_size + cfg.mlp_hidden_size * bias) * 2 + cfg.mlp_hidden_size * d + d * bias
+    block = attn + mlp + 2 * d  # + attn_norm, ff_norm
+    embed = cfg.embedding_size * d
+    head = 0 if cfg.weight_tying else cfg.embedding_size * d + cfg.embedding_size * bias
+    return embed + cfg.n_layers * block + d + head  # + ln_f
+
+
+def _tokens(seed: int, batch: int, length: int, high: int = 500) -> torch.Tensor:
+    return torch.randint(0, high, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- folder layout
+
+
+def test_folder_has_weights_config_and_remote_code(tiny_folder: Path) -> None:
+    names = set(os.listdir(tiny_folder))
+    assert {"config.json", "model.safetensors", "configuration_llada.py", "modeling_llada.py"} <= names
+    config = json.loads((tiny_folder / "config.json").read_text())
+    assert config["auto_map"] == AUTO_MAP
+    assert config["architectures"] == ["LLaDAModelLM"]
+    assert config["model_type"] == "llada"
+    for key, value in TINY.items():
+        assert config[key] == value, key
+    assert config["n_kv_heads"] == TINY["n_heads"]
+    # No temporary directory left beside the folder.
+    assert sorted(os.listdir(tiny_folder.parent)) == ["llada_tiny"]
+
+
+def test_auto_classes_load_the_folder_as_remote_code(tiny_folder: Path, tiny_model: Any) -> None:
+    assert type(tiny_model).__name__ == "LLaDAModelLM"
+    # Loaded from the folder's copy (transformers' dynamic module cache), not from the package.
+    assert type(tiny_model).__module__.startswith("transformers_modules.")
+    config = transformers.AutoConfig.from_pretrained(tiny_folder, trust_remote_code=True)
+    assert type(config).__name__ == "LLaDAConfig"
+    assert (config.d_model, config.n_heads, config.n_layers, config.mask_token_id) == (64, 4, 2, 500)
+    causal = transformers.AutoModelForCausalLM.from_pretrained(tiny_folder, trust_remote_code=True)
+    assert type(causal).__name__ == "LLaDAModelLM"
+
+
+def test_state_dict_names(tiny_model: Any) -> None:
+    keys = set(tiny_model.state_dict())
+    for name in ("wte", "blocks.0.q_proj", "blocks.1.ff_out", "ff_out", "ln_f"):
+        assert f"model.transformer.{name}.weight" in keys
+    block = {k.removeprefix("model.transformer.blocks.0.") for k in keys if k.startswith("model.transformer.blocks.0.")}
+    expected = {"attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out"}
+    assert block == {f"{n}.weight" for n in expected}
+    assert len(keys) == 2 * len(expected) + 3
+
+
+def test_loaded_weights_equal_written(tiny_folder: Path, tiny_model: Any) -> None:
+    written = load_file(tiny_folder / "model.safetensors")
+    loaded = tiny_model.state_dict()
+    assert set(written) == set(loaded)
+    for name, tensor in written.items():
+        assert loaded[name].dtype == torch.float32
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_random_init_distribution_and_seed(tmp_path: Path, tiny_folder: Path) -> None:
+    written = load_file(tiny_folder / "model.safetensors")
+    for name, tensor in written.items():
+        if "norm" in name or "ln_f" in name:
+            assert torch.equal(tensor, torch.ones_like(tensor)), name
+        else:
+            assert abs(tensor.std().item() - 0.02) < 0.004, name
+            assert abs(tensor.mean().item()) < 0.004, name
+    same = load_file(write_llada_folder(tmp_path / "same", TINY, seed=0, dtype=torch.float32) / "model.safetensors")
+    other = load_file(write_llada_folder(tmp_path / "other", TINY, seed=1, dtype=torch.float32) / "model.safetensors")
+    assert all(torch.equal(same[k], written[k]) for k in written)
+    assert not torch.equal(other["model.transformer.wte.weight"], written["model.transformer.wte.weight"])
+
+
+def test_bf16_folder(tmp_path: Path) -> None:
+    folder = write_llada_folder(tmp_path / "bf16", TINY, seed=0, dtype=torch.bfloat16)
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in load_file(folder / "model.safetensors").values()} == {torch.bfloat16}
+    model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert model.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = model(_tokens(0, 2, 8)).logits
+    assert logits.dtype == torch.bfloat16
+    assert torch.isfinite(logits).all()
+
+
+# --------------------------------------------------------------------------- forward semantics
+
+
+def test_logits_shape(tiny_model: Any) -> None:
+    with torch.no_grad():
+        out = tiny_model(_tokens(0, 3, 11))
+    assert out.logits.shape == (3, 11, 512)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_logits_width_is_embedding_size() -> None:
+    model = LLaDAModelLM(LLaDAConfig(**{**TINY, "embedding_size": 520}))
+    with torch.no_grad():
+        assert model(_tokens(0, 2, 5)).logits.shape == (2, 5, 520)
+
+
+def test_attention_is_bidirectional(tiny_model: Any) -> None:
+    ids = _tokens(1, 1, 12)
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 7) % 500
+    with torch.no_grad():
+        a = tiny_model(ids).logits
+        b = tiny_model(changed).logits
+    # A later token influences the earliest position: no causal mask.
+    assert not torch.allclose(a[0, 0], b[0, 0], atol=1e-6)
+
+
+def test_left_padding_matches_unpadded_rows(tiny_model: Any) -> None:
+    length, pad = 10, 4
+    full = _tokens(2, 1, length)
+    short = _tokens(3, 1, length - pad)
+    # The padding positions hold arbitrary tokens: only the mask may hide them.
+    padded = torch.cat([_tokens(4, 1, pad), short], dim=1)
+    batch = torch.cat([full, padded], dim=0)
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, :pad] = 0
+    with torch.no_grad():
+        batched = tiny_model(batch, attention_mask=mask).logits
+        alone_short = tiny_model(short).logits
+        alone_full = tiny_model(full).logits
+        unmasked = tiny_model(batch).logits
+    torch.testing.assert_close(batched[1, pad:], alone_short[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched[0], alone_full[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(unmasked[1, pad:], alone_short[0], atol=1e-3)
+    # An all-ones mask is the same as no mask.
+    torch.testing.assert_close(tiny_model(full, attention_mask=torch.ones_like(full)).logits, alone_full)
+
+
+def test_grouped_query_attention_equals_repeated_heads(tmp_path: Path) -> None:
+    gqa_arch = {**TINY, "n_kv_heads": 2}
+    folder = write_llada_folder(tmp_path / "gqa", gqa_arch, seed=0, dtype=torch.float32)
+    gqa = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert gqa.config.n_kv_heads == 2
+    assert gqa.model.transformer.blocks[0].k_proj.weight.shape == (2 * 16, 64)
+    # The same network with every key/value head duplicated for its query group.
+    mha = LLaDAModelLM(LLaDAConfig(**TINY))
+    state = {}
+    for name, tensor in gqa.state_dict().items():
+        if name.endswith(("k_proj.weight", "v_proj.weight")):
+            tensor = tensor.view(2, 16, 64).repeat_interleave(2, dim=0).reshape(64, 64)
+        state[name] = tensor
+    mha.load_state_dict(state)
+    ids = _tokens(5, 2, 9)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids, attention_mask=mask).logits, mha(ids, attention_mask=mask).logits)
+
+
+def test_weight_tying_uses_embedding_as_head() -> None:
+    model = LLaDAModelLM(LLaDAConfig(**{**TINY, "weight_tying": True}))
+    assert "ff_out" not in model.model.transformer
+    assert "model.transformer.ff_out.weight" not in model.state_dict()
+    assert model.get_output_embeddings() is None
+    ids = _tokens(6, 1, 6)
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    wte = model.get_input_embeddings().weight
+    torch.testing.assert_close(out.logits, out.hidden_states[-1] @ wte.T)
+
+
+def test_hidden_states_and_return_dict(tiny_model: Any) -> None:
+    ids = _tokens(7, 2, 5)
+    with torch.no_grad():
+        out = tiny_model(ids, output_hidden_states=True)
+        as_tuple = tiny_model(ids, return_dict=False)
+    assert len(out.hidden_states) == TINY["n_layers"] + 1
+    assert all(h.shape == (2, 5, 64) for h in out.hidden_states)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.logits)
+
+
+def test_kv_cache_is_refused(tiny_model: Any) -> None:
+    ids = _tokens(8, 1, 4)
+    with pytest.raises(ValueError, match="KV cache"):
+        tiny_model(ids, use_cache=True)
+    with pytest.raises(ValueError, match="KV cache"):
+        tiny_model(ids, past_key_values=object())
+    with pytest.raises(TypeError, match="position_ids"):
+        tiny_model(ids, position_ids=torch.arange(4)[None])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_matches_cpu_float32(tiny_model: Any) -> None:
+    ids = _tokens(9, 2, 16)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        ref = tiny_model(ids, attention_mask=mask).logits
+        gpu: Any = LLaDAModelLM(tiny_model.config)
+        gpu = gpu.to(device="cuda", dtype=torch.bfloat16).eval()
+        gpu.load_state_dict(tiny_model.state_dict())
+        out = gpu(ids.cuda(), attention_mask=mask.cuda()).logits
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float().cpu(), ref, atol=0.05, rtol=0.05)
+
+
+# --------------------------------------------------------------------------- config and size
+
+
+def test_default_config_is_the_8b_shape() -> None:
+    cfg = LLaDAConfig()
+    expected = {
+        "d_model": 4096,
+        "n_heads": 32,
+        "n_kv_heads": 32,
+        "n_layers": 32,
+        "mlp_hidden_size": 12288,
+        "vocab_size": 126464,
+        "embedding_size": 126464,
+        "mask_token_id": 126336,
+        "eos_token_id": 126081,
+        "pad_token_id": 126081,
+        "bos_token_id": 126080,
+        "rope": True,
+        "rope_theta": 500000.0,
+        "max_sequence_length": 4096,
+        "block_type": "llama",
+        "activation_type": "silu",
+        "layer_norm_type": "rms",
+        "rms_norm_eps": 1e-5,
+        "weight_tying": False,
+        "include_bias": False,
+        "init_std": 0.02,
+    }
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert cfg.model_type == "llada"
+    assert cfg.auto_map == AUTO_MAP
+    n = _llada_num_params(cfg)
+    # 2 x 126464 x 4096 (embedding, head) + 32 x (4 x 4096^2 + 3 x 4096 x 12288 + 2 x 4096) + 4096
+    assert n == 8_015_581_184
+    assert 7.9e9 < n < 8.1e9
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"n_kv_heads": 2}, {"weight_tying": True}, {"include_bias": True, "embedding_size": 520}],
+)
+def test_parameter_formula_matches_instantiated_model(overrides: dict[str, Any]) -> None:
+    cfg = LLaDAConfig(**{**TINY, **overrides})
+    model = LLaDAModelLM(cfg)
+    assert _llada_num_params(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_unsupported_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        LLaDAModelLM(LLaDAConfig(**{**TINY, "n_kv_heads": 3}))
+    with pytest.raises(NotImplementedError, match="block_type"):
+        LLaDAModelLM(LLaDAConfig(**{**TINY, "block_type": "sequential"}))
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def test_unknown_arch_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'n_head'"):
+        write_llada_folder(tmp_path / "x", {**TINY, "n_head": 4}, seed=0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="'d_model'"):
+        write_llama_folder(tmp_path / "y", {**TINY_LLAMA, "d_model": 64}, seed=0, dtype=torch.float32)
+    assert not os.listdir(tmp_path)
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        write_llada_folder(tmp_path / "bad", {**TINY, "n_heads": 3}, seed=0, dtype=torch.float32)
+    assert not os.listdir(tmp_path)
+
+
+def test_writing_twice_does_not_rewrite(tmp_path: Path) -> None:
+    folder = write_llada_folder(tmp_path / "once", TINY, seed=0, dtype=torch.float32)
+    weights = folder / "model.safetensors"
+    before = (weights.stat().st_ino, weights.stat().st_mtime_ns, weights.read_bytes())
+    # A different seed would give different weights if the folder were rewritten.
+    again = write_llada_folder(tmp_path / "once", TINY, seed=1, dtype=torch.float32)
+    assert again == folder
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns, weights.read_bytes()) == before
+    assert sorted(os.listdir(tmp_path)) == ["once"]
+
+
+def test_existing_non_model_folder_is_not_replaced(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        write_llada_folder(tmp_path / "taken", TINY, seed=0, dtype=torch.float32)
+    assert os.listdir(tmp_path / "taken") == ["notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_llama_folder_round_trip(tmp_path: Path) -> None:
+    folder = write_llama_folder(tmp_path / "llama", TINY_LLAMA, seed=0, dtype=torch.bfloat16)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert "auto_map" not in config
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert not model.training
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.dtype == torch.bfloat16
+    written = load_file(folder / "model.safetensors")
+    loaded = model.state_dict()
+    assert set(written) == set(loaded)
+    assert all(torch.equal(loaded[k], v) for k, v in written.items())
+    with torch.no_grad():
+        assert model(_tokens(0, 2, 7)).logits.shape == (2, 7, 512)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert write_llama_folder(folder, TINY_LLAMA, seed=1, dtype=torch.bfloat16) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_folder_key() -> None:
+    arch = {"d_model": 64, "n_heads": 4}
+    key = folder_key("llada", arch, 0, "bfloat16")
+    # sha256 of '{"arch":{"d_model":64,"n_heads":4},"dtype":"bfloat16","kind":"llada","seed":0}': stable across runs.
+    assert key == "8a506821d030b6cd"
+    assert all(c in "0123456789abcdef" for c in key)
+    assert folder_key("llada", {"n_heads": 4, "d_model": 64}, 0, "bfloat16") == key
+    others = {
+        folder_key("llama", arch, 0, "bfloat16"),
+        folder_key("llada", arch, 1, "bfloat16"),
+        folder_key("llada", arch, 0, "float32"),
+        folder_key("llada", {**arch, "n_heads": 8}, 0, "bfloat16"),
+    }
+    assert key not in others
+    assert len(others) == 4
