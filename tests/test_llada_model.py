@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from dllm_bench.models import random_init
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
 from dllm_bench.models.random_init import folder_key, write_llada_folder, write_llama_folder
@@ -30,6 +32,8 @@ TINY: dict[str, Any] = {
     "bos_token_id": 502,
     "pad_token_id": 501,
 }
+
+LLADA_FILES = ["configuration_llada.py", "modeling_llada.py"]
 
 AUTO_MAP = {
     "AutoConfig": "configuration_llada.LLaDAConfig",
@@ -84,6 +88,54 @@ def _llada_num_params(cfg: LLaDAConfig) -> int:
 
 def _tokens(seed: int, batch: int, length: int, high: int = 500) -> torch.Tensor:
     return torch.randint(0, high, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _reference_logits(
+    state: dict[str, torch.Tensor], cfg: LLaDAConfig, ids: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A deliberately naive float64 forward pass written from the architecture description.
+
+    Per-row, per-head loops; softmax over the attended keys only; rotary embedding
+    as a complex rotation of the pairs (j, j + head_dim / 2).
+    """
+    d, nh, nkv = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+    hd = d // nh
+    w = {k: v.double() for k, v in state.items()}
+    p = "model.transformer."
+
+    def rms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return weight * x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps)
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # x: (L, hd)
+        pos = torch.arange(x.shape[0], dtype=torch.float64)[:, None]
+        freq = cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        z = torch.complex(x[:, : hd // 2], x[:, hd // 2 :]) * torch.polar(torch.ones_like(pos * freq), pos * freq)
+        return torch.cat([z.real, z.imag], dim=-1)
+
+    rows = []
+    for b in range(ids.shape[0]):
+        keep = torch.ones(ids.shape[1], dtype=torch.bool) if mask is None else mask[b].bool()
+        x = w[p + "wte.weight"][ids[b]]
+        for i in range(cfg.n_layers):
+            q_ = f"{p}blocks.{i}."
+            h = rms(x, w[q_ + "attn_norm.weight"])
+            q, k, v = h @ w[q_ + "q_proj.weight"].T, h @ w[q_ + "k_proj.weight"].T, h @ w[q_ + "v_proj.weight"].T
+            heads = []
+            for j in range(nh):
+                kv = j // (nh // nkv)
+                qj = rope(q[:, j * hd : (j + 1) * hd])
+                kj = rope(k[:, kv * hd : (kv + 1) * hd])
+                scores = (qj @ kj.T) / hd**0.5
+                scores = scores.masked_fill(~keep[None, :], float("-inf"))
+                heads.append(torch.softmax(scores, dim=-1) @ v[:, kv * hd : (kv + 1) * hd])
+            x = x + torch.cat(heads, dim=-1) @ w[q_ + "attn_out.weight"].T
+            h = rms(x, w[q_ + "ff_norm.weight"])
+            gate, up = h @ w[q_ + "ff_proj.weight"].T, h @ w[q_ + "up_proj.weight"].T
+            x = x + (torch.nn.functional.silu(gate) * up) @ w[q_ + "ff_out.weight"].T
+        x = rms(x, w[p + "ln_f.weight"])
+        head = w[p + "wte.weight"] if cfg.weight_tying else w[p + "ff_out.weight"]
+        rows.append(x @ head.T)
+    return torch.stack(rows)
 
 
 # --------------------------------------------------------------------------- folder layout
@@ -169,6 +221,43 @@ def test_logits_shape(tiny_model: Any) -> None:
     assert torch.isfinite(out.logits).all()
 
 
+def test_logits_match_naive_reference(tiny_model: Any) -> None:
+    ids = _tokens(10, 2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        logits = tiny_model(ids, attention_mask=mask).logits
+    expected = _reference_logits(tiny_model.state_dict(), tiny_model.config, ids, mask)
+    # Padding queries are not compared: only the non-padded positions are defined.
+    torch.testing.assert_close(logits[0].double(), expected[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[1, 3:].double(), expected[1, 3:], atol=1e-5, rtol=0)
+
+
+def test_gqa_and_tied_logits_match_naive_reference() -> None:
+    torch.manual_seed(0)
+    cfg = LLaDAConfig(**{**TINY, "n_kv_heads": 1, "weight_tying": True, "rope_theta": 10000.0})
+    model = LLaDAModelLM(cfg)
+    ids = _tokens(11, 1, 7)
+    with torch.no_grad():
+        # Random-init norm scales are all ones; perturb them so that their use is checked too.
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "ln_f" in name:
+                param.add_(0.5 * torch.randn_like(param))
+        logits = model(ids).logits
+    torch.testing.assert_close(logits.double(), _reference_logits(model.state_dict(), cfg, ids), atol=1e-5, rtol=0)
+
+
+def test_positions_matter() -> None:
+    torch.manual_seed(0)
+    model = LLaDAModelLM(LLaDAConfig(**{**TINY, "rope_theta": 10000.0}))
+    ids = _tokens(12, 1, 8)
+    with torch.no_grad():
+        forward = model(ids).logits
+        reversed_ = model(ids.flip(1)).logits.flip(1)
+    # Without position information attention is permutation-equivariant; with rotary embeddings it is not.
+    assert not torch.allclose(forward, reversed_, atol=1e-4)
+
+
 def test_logits_width_is_embedding_size() -> None:
     model = LLaDAModelLM(LLaDAConfig(**{**TINY, "embedding_size": 520}))
     with torch.no_grad():
@@ -203,6 +292,11 @@ def test_left_padding_matches_unpadded_rows(tiny_model: Any) -> None:
     torch.testing.assert_close(batched[1, pad:], alone_short[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(batched[0], alone_full[0], atol=1e-5, rtol=0)
     assert not torch.allclose(unmasked[1, pad:], alone_short[0], atol=1e-3)
+    # A row that is all padding still gives finite logits (it attends everywhere instead of nowhere).
+    empty = torch.zeros_like(mask)
+    empty[0] = 1
+    with torch.no_grad():
+        assert torch.isfinite(tiny_model(batch, attention_mask=empty).logits).all()
     # An all-ones mask is the same as no mask.
     torch.testing.assert_close(tiny_model(full, attention_mask=torch.ones_like(full)).logits, alone_full)
 
@@ -341,9 +435,19 @@ def test_unknown_arch_key_is_refused(tmp_path: Path) -> None:
     assert not os.listdir(tmp_path)
 
 
-def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fails while building the model.
     with pytest.raises(ValueError, match="multiple of n_heads"):
         write_llada_folder(tmp_path / "bad", {**TINY, "n_heads": 3}, seed=0, dtype=torch.float32)
+    assert not os.listdir(tmp_path)
+
+    # Fails after the weights and config.json were saved (while copying the remote code).
+    def broken_copy(src: Any, dst: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfile", broken_copy)
+    with pytest.raises(OSError, match="disk full"):
+        write_llada_folder(tmp_path / "late", TINY, seed=0, dtype=torch.float32)
     assert not os.listdir(tmp_path)
 
 
@@ -356,6 +460,13 @@ def test_writing_twice_does_not_rewrite(tmp_path: Path) -> None:
     assert again == folder
     assert (weights.stat().st_ino, weights.stat().st_mtime_ns, weights.read_bytes()) == before
     assert sorted(os.listdir(tmp_path)) == ["once"]
+    # A stale copy of the remote code is brought up to date; the weights stay as they are.
+    package_code = (Path(random_init.__file__).parent / "llada_hf" / "modeling_llada.py").read_bytes()
+    (folder / "modeling_llada.py").write_text("# stale\n")
+    write_llada_folder(folder, TINY, seed=0, dtype=torch.float32)
+    assert (folder / "modeling_llada.py").read_bytes() == package_code
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == before[:2]
+    assert sorted(os.listdir(folder)) == sorted(["config.json", "model.safetensors", *LLADA_FILES])
 
 
 def test_existing_non_model_folder_is_not_replaced(tmp_path: Path) -> None:

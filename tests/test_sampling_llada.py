@@ -95,6 +95,15 @@ class CountingModel(nn.Module):
 _MODEL = ToyModel()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # The models here are tiny: intra-op threads only add spin-wait overhead.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _prompt(batch: int, prompt_len: int = 6, padded: bool = False, seed: int = 1):
     """Random prompt (no mask/pad ids) and, if padded, left padding of different lengths."""
     g = torch.Generator().manual_seed(seed)
@@ -200,6 +209,17 @@ def test_prompt_containing_mask_tokens_matches_plain_algorithm(remasking):
     kwargs = dict(steps=8, gen_length=16, block_length=4, remasking=remasking)
     fast, slow = _both(_MODEL, prompt, attention_mask, **kwargs)
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_empty_prompt_matches_plain_algorithm(padded):
+    prompt = torch.zeros(2, 0, dtype=torch.long)
+    attention_mask = torch.zeros(2, 0, dtype=torch.long) if padded else None
+    kwargs = dict(steps=4, gen_length=8, block_length=4, cfg_scale=1.0)
+    fast, slow = _both(_MODEL, prompt, attention_mask, **kwargs)
+    assert fast.shape == (2, 8)
+    assert torch.equal(fast, slow)
+    assert not (fast == MASK_ID).any()
 
 
 @pytest.mark.parametrize("impl", ["generate", "reference"])

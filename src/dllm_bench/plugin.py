@@ -1,14 +1,17 @@
 """The pytest plugin: option wiring, hooks and fixtures. The work is in plain modules.
 
 Registered through the `pytest11` entry point `dllm_bench`. Hooks are laid out in the order
-pytest calls them.
+pytest calls them. Rows travel in the test reports (`user_properties`), so the process
+that writes them (the serial process, or the xdist controller) sees every case once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +22,21 @@ import torch
 
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import BenchConfig, ConfigError, load_config
+from dllm_bench.manifest import Manifest, final_status, utc_now, write_manifest
 from dllm_bench.models.loader import ModelCache, ModelLoadError, unknown_arch_keys
 from dllm_bench.outputs import OutputDirError, new_run_dir, prepare_output_dir, refuse_existing_results
-from dllm_bench.results import FINAL_CSV, PARTIAL_CSV, append_row, write_rows_atomic
+from dllm_bench.results import FINAL_CSV, PARTIAL_CSV, append_row, read_rows, write_rows_atomic
+from dllm_bench.resume import case_key, completed_keys, latest_per_case, newest_run_dir, previous_rows
 from dllm_bench.runner import error_row, measure_with_own_timer, run_case
+from dllm_bench.signals import GracefulStop
 
 LOG = logging.getLogger("dllm_bench")
 
 DEFAULT_CONFIG = Path("config") / "default.yaml"
 DEFAULT_TIMER = "dllm_bench.timing.synchronized_timer"
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+LOG_NAME = "benchmark.log"
 ROW_PROPERTY = "dllm_bench_row"
 CASE_FIXTURES = {"llada_case": "llada", "baseline_case": "baseline"}
 
@@ -41,8 +50,14 @@ class RunState:
     output_dir: Path
     cache_dir: Path
     writes_rows: bool
+    resume: bool
+    allow_oom: bool
+    command_line: list[str]
     rows: list[dict[str, object]] = field(default_factory=list)
     prepared: bool = False
+    manifest: Manifest | None = None
+    interrupted_by: str | None = None
+    stopper: GracefulStop | None = None
 
 
 STATE_KEY = pytest.StashKey[RunState]()
@@ -62,7 +77,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="dllm_output_dir",
         default=None,
         metavar="DIR",
-        help="directory for raw_metrics*.csv (default: a new results/<config>-<time>/ per run)",
+        help="directory for the CSV files, log and manifest (default: a new results/<config>-<time>/ per run)",
+    )
+    group.addoption(
+        "--resume",
+        dest="dllm_resume",
+        action="store_true",
+        default=False,
+        help="skip the cases that already have an ok row in --output-dir (default: the newest run of this config)",
+    )
+    group.addoption(
+        "--allow-oom",
+        dest="dllm_allow_oom",
+        action="store_true",
+        default=False,
+        help="report a case that runs out of memory as skipped instead of failed (its row keeps status oom)",
     )
     group.addoption(
         "--model-cache-dir",
@@ -83,24 +112,43 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         bench_config = load_config(config_path)
         _check_arch_keys(bench_config)
-    except ConfigError as exc:
+        output_dir = _output_dir(config, bench_config)
+    except (ConfigError, OutputDirError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    output_dir = _output_dir(config, bench_config)
+    _default_logging(config)
     config.stash[STATE_KEY] = RunState(
         config=bench_config,
         cases=expand_cases(bench_config),
         output_dir=output_dir,
         cache_dir=_cache_dir(config),
         writes_rows=not hasattr(config, "workerinput"),
+        resume=bool(config.getoption("dllm_resume")),
+        allow_oom=bool(config.getoption("dllm_allow_oom")),
+        command_line=[sys.executable, "-m", "pytest", *config.invocation_params.args],
     )
 
 
 def _default_benchmark_timer(config: pytest.Config) -> None:
     """Make pytest-benchmark's timer synchronize the GPU unless the user chose a timer."""
-    if not hasattr(config.option, "benchmark_timer"):
-        return
-    if "perf_counter" in str(config.option.benchmark_timer):
+    if "perf_counter" in str(getattr(config.option, "benchmark_timer", "")):
         config.option.benchmark_timer = DEFAULT_TIMER
+
+
+def _default_logging(config: pytest.Config) -> None:
+    """Log to the console (live) and to the run's log file unless the user said otherwise.
+    The file's path is set once the output directory exists (see `_prepare`)."""
+    if config.getoption("log_cli_level") is None and not config.getini("log_cli"):
+        config.option.log_cli_level = "INFO"
+    if config.getoption("log_file_level") is None:
+        config.option.log_file_level = "INFO"
+    if config.getoption("log_file_format") is None:
+        config.option.log_file_format = LOG_FORMAT
+    if config.getoption("log_format") is None:
+        config.option.log_format = LOG_FORMAT
+    if config.getoption("log_file_date_format") is None:
+        config.option.log_file_date_format = LOG_DATE_FORMAT
+    if config.getoption("log_file_mode") is None:
+        config.option.log_file_mode = "a"
 
 
 def _config_path(config: pytest.Config) -> Path | None:
@@ -115,23 +163,32 @@ def _check_arch_keys(bench_config: BenchConfig) -> None:
     for index, spec in enumerate(bench_config.models):
         unknown = unknown_arch_keys(spec) if spec.is_random_init else []
         if unknown:
+            config_class = "LLaDAConfig" if spec.kind == "llada" else "LlamaConfig"
             raise ConfigError(
                 f"{bench_config.path}: key 'models[{index}].arch.{unknown[0]}': expected an architecture key of "
-                f"{'LLaDAConfig' if spec.kind == 'llada' else 'LlamaConfig'} (unknown key)"
+                f"{config_class} (unknown key)"
             )
 
 
 def _output_dir(config: pytest.Config, bench_config: BenchConfig) -> Path:
+    """The run directory: given, the newest earlier run (--resume), or a new one."""
     given = config.getoption("dllm_output_dir")
-    if given is None:
-        return new_run_dir(config.rootpath / "results", bench_config.path.stem, dt.datetime.now())
-    directory = Path(given)
-    if not config.option.collectonly:
-        try:
+    resume = config.getoption("dllm_resume")
+    results_root = config.rootpath / "results"
+    if given is not None:
+        directory = Path(given).resolve()
+        if not resume and not config.option.collectonly:
             refuse_existing_results(directory)
-        except OutputDirError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    return directory
+        return directory
+    if resume:
+        found = newest_run_dir(results_root, bench_config.path.stem)
+        if found is None:
+            raise OutputDirError(
+                f"--resume: no earlier run of {bench_config.path.name} under {results_root}; "
+                "run without --resume, or name the run with --output-dir"
+            )
+        return found
+    return new_run_dir(results_root, bench_config.path.stem, dt.datetime.now())
 
 
 def _cache_dir(config: pytest.Config) -> Path:
@@ -152,6 +209,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is None:
+        return
+    state.stopper = GracefulStop(lambda name: _request_stop(session, name))
+    state.stopper.install()
+    if state.writes_rows:
+        session.config.pluginmanager.register(RowSink(state, session.config), "dllm-bench-rows")
+
+
+def _request_stop(session: pytest.Session, signal_name: str) -> None:
+    """Stop between cases: the session's flag, and xdist's controller flag when present."""
+    reason = f"received {signal_name}: stopped after the running case"
+    session.shouldstop = reason
+    dsession = session.config.pluginmanager.getplugin("dsession")
+    if dsession is not None:
+        dsession.shouldstop = reason
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for fixture_name, kind in CASE_FIXTURES.items():
         if fixture_name not in metafunc.fixturenames:
@@ -164,22 +240,64 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or config.option.collectonly or not state.writes_rows:
+    if state is None or config.option.collectonly:
         return
-    if any(_case_of(item) is not None for item in items):
-        _prepare(state)
+    case_items = [item for item in items if _case_of(item) is not None]
+    if not case_items:
+        return
+    deselected = _deselect_done(state, config, items) if state.resume else 0
+    if state.writes_rows:
+        _prepare(state, config)
+        assert state.manifest is not None
+        state.manifest.counts.planned = sum(1 for item in items if _case_of(item) is not None)
+        state.manifest.counts.deselected = deselected
 
 
-def _prepare(state: RunState) -> None:
-    """Create the output directory before any model loads; a usage error if unwritable."""
+def _deselect_done(state: RunState, config: pytest.Config, items: list[pytest.Item]) -> int:
+    """--resume: drop the cases whose latest row in the output directory is ok."""
+    done = completed_keys(previous_rows(state.output_dir))
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        case = _case_of(item)
+        (drop if case is not None and case_key(case) in done else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    left = len([item for item in keep if _case_of(item) is not None])
+    if left == 0:
+        LOG.info(
+            "resume: all %d selected cases already have ok rows in %s; nothing to run", len(drop), state.output_dir
+        )
+    else:
+        LOG.info("resume: %d cases already done in %s, %d to run", len(drop), state.output_dir, left)
+    return len(drop)
+
+
+def _prepare(state: RunState, config: pytest.Config) -> None:
+    """Create the output directory before any model loads (a usage error if it is not
+    writable), point pytest's log file there and write the manifest of a running run."""
     if state.prepared:
         return
     try:
         prepare_output_dir(state.output_dir)
     except OutputDirError as exc:
         raise pytest.UsageError(str(exc)) from None
+    logging_plugin = config.pluginmanager.get_plugin("logging-plugin")
+    if logging_plugin is not None and config.getoption("log_file") is None and not config.getini("log_file"):
+        logging_plugin.set_log_path(str(state.output_dir / LOG_NAME))
+    state.manifest = Manifest(
+        status="running",
+        config_path=str(state.config.path),
+        config=dict(state.config.raw),
+        command_line=state.command_line,
+        output_dir=str(state.output_dir),
+        started_at=utc_now(),
+        resumed=state.resume,
+    )
+    write_manifest(state.output_dir, state.manifest)
     state.prepared = True
-    LOG.info("config %s: %d cases; results go to %s", state.config.path, len(state.cases), state.output_dir)
+    LOG.info("config %s: %d cases in the grid; results go to %s", state.config.path, len(state.cases), state.output_dir)
 
 
 def _case_of(item: pytest.Item) -> Case | None:
@@ -201,42 +319,86 @@ def _row_of(report: pytest.TestReport) -> dict[str, object] | None:
 
 
 class RowSink:
-    """Appends each finished case's row (from the test report) and writes the final CSV.
+    """Appends each finished case's row and, at the end, writes the final CSV and manifest.
 
     Registered only in the process that writes rows: the serial process, or the xdist
     controller, which receives every worker's reports with their user properties.
     """
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, config: pytest.Config) -> None:
         self.state = state
+        self.config = config
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         row = _row_of(report)
-        if row is None or report.when not in ("call", "setup"):
-            return
-        _prepare(self.state)
+        if row is not None and report.when in ("call", "setup"):
+            self._append(row)
+        elif report.skipped and report.when in ("setup", "call"):
+            LOG.info("case %s: skipped: %s", report.nodeid, _skip_reason(report))
+        if self.state.manifest is not None and report.skipped and report.when in ("setup", "call"):
+            self.state.manifest.counts.skipped += 1
+
+    def _append(self, row: dict[str, object]) -> None:
+        _prepare(self.state, self.config)
         append_row(self.state.output_dir / PARTIAL_CSV, row)
         self.state.rows.append(row)
+        assert self.state.manifest is not None
+        if row.get("status") == "ok":
+            self.state.manifest.counts.done += 1
+        else:
+            self.state.manifest.counts.failed += 1
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        stopper = self.state.stopper
+        received = stopper.received if stopper else []
+        self.state.interrupted_by = received[-1] if received else "SIGINT"
 
     @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.state.rows:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.state.stopper is not None:
+            self.state.stopper.restore()
+        if not self.state.prepared or self.state.manifest is None:
             return
+        if self.state.interrupted_by is not None:
+            LOG.warning("run interrupted by %s; saving the finished cases", self.state.interrupted_by)
+        rows = latest_per_case(read_rows(self.state.output_dir / PARTIAL_CSV))
         final = self.state.output_dir / FINAL_CSV
-        write_rows_atomic(final, self.state.rows)
-        LOG.info("wrote %d rows to %s", len(self.state.rows), final)
+        write_rows_atomic(final, rows)
+        manifest = self.state.manifest
+        interrupted = self.state.interrupted_by is not None or exitstatus == pytest.ExitCode.INTERRUPTED
+        manifest.status = final_status(
+            interrupted=interrupted,
+            failed=manifest.counts.failed,
+            internal_error=exitstatus == pytest.ExitCode.INTERNAL_ERROR,
+        )
+        manifest.signal = self.state.interrupted_by
+        manifest.ended_at = utc_now()
+        write_manifest(self.state.output_dir, manifest)
+        LOG.info("saved %d rows (%d from this run) to %s", len(rows), len(self.state.rows), final)
+        if self.state.resume and manifest.counts.planned == 0 and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            session.exitstatus = pytest.ExitCode.OK
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.state.rows:
+        if not self.state.prepared or self.state.manifest is None:
+            return
+        out = self.state.output_dir
+        counts = self.state.manifest.counts
+        terminalreporter.write_line(
+            f"dllm-bench: {counts.done} ok, {counts.failed} failed, {counts.skipped} skipped, "
+            f"{counts.deselected} already done; results in {out / FINAL_CSV}, log {out / LOG_NAME}"
+        )
+        if self.state.manifest.status == "interrupted":
+            resume = " ".join(["pytest", *self.config.invocation_params.args, "--resume", "--output-dir", str(out)])
             terminalreporter.write_line(
-                f"dllm-bench: {len(self.state.rows)} rows in {self.state.output_dir / FINAL_CSV}"
+                f"dllm-bench: interrupted by {self.state.interrupted_by}; resume with: {resume}"
             )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    state = session.config.stash.get(STATE_KEY, None)
-    if state is not None and state.writes_rows:
-        session.config.pluginmanager.register(RowSink(state), "dllm-bench-rows")
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
 
 
 @pytest.fixture(scope="session")
@@ -260,28 +422,40 @@ class CaseRunner:
     request: pytest.FixtureRequest
     benchmark: Any
     models: ModelCache
+    allow_oom: bool
 
     def run(self, case: Case) -> dict[str, object]:
+        LOG.info("case %s: start", case.case_id)
         loaded = None
         try:
             loaded = self.models.get(case.model)
-            LOG.info("case %s: start", case.case_id)
             row = run_case(case, loaded, self._measure(case))
-        except (Exception, torch.cuda.OutOfMemoryError) as exc:
-            self._attach(error_row(case, loaded, exc))
-            LOG.error("case %s: failed: %s", case.case_id, exc)
-            if isinstance(exc, ModelLoadError):
-                pytest.fail(str(exc), pytrace=False)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._failed(case, error_row(case, loaded, exc, status="oom"), exc)
+            release_memory()
+            if self.allow_oom:
+                pytest.skip(f"out of memory (--allow-oom): {str(exc).splitlines()[0] if str(exc) else ''}")
+            raise
+        except ModelLoadError as exc:
+            self._failed(case, error_row(case, loaded, exc), exc)
+            pytest.fail(str(exc), pytrace=False)
+        except Exception as exc:
+            self._failed(case, error_row(case, loaded, exc), exc)
+            release_memory()
             raise
         self._attach(row)
         LOG.info(
-            "case %s: done, mean %.4f s, %s tokens/s, nfe %s",
+            "case %s: done, mean %s s, %s tokens/s, nfe %s",
             case.case_id,
-            float(str(row["latency_mean_s"])),
+            row["latency_mean_s"],
             row["tokens_per_s"],
             row["nfe"],
         )
         return row
+
+    def _failed(self, case: Case, row: dict[str, object], exc: BaseException) -> None:
+        self._attach(row)
+        LOG.error("case %s: %s: %s", case.case_id, row["status"], row["error"])
 
     def _attach(self, row: dict[str, object]) -> None:
         self.request.node.user_properties.append((ROW_PROPERTY, row))
@@ -301,6 +475,13 @@ class CaseRunner:
         return measure
 
 
+def release_memory() -> None:
+    """Give back what a failed case held so the next case starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @pytest.fixture
-def bench(request: pytest.FixtureRequest, benchmark: Any, model_cache: ModelCache) -> CaseRunner:
-    return CaseRunner(request=request, benchmark=benchmark, models=model_cache)
+def bench(request: pytest.FixtureRequest, benchmark: Any, model_cache: ModelCache, dllm_state: RunState) -> CaseRunner:
+    return CaseRunner(request=request, benchmark=benchmark, models=model_cache, allow_oom=dllm_state.allow_oom)

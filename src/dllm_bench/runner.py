@@ -159,11 +159,12 @@ def run_case(case: Case, loaded: LoadedModel, measure: Measure = measure_with_ow
     return row
 
 
-def error_row(case: Case, loaded: LoadedModel | None, exc: BaseException) -> dict[str, object]:
-    """The row of a case that failed: status error and the error's first line."""
+def error_row(case: Case, loaded: LoadedModel | None, exc: BaseException, status: str = "error") -> dict[str, object]:
+    """The row of a failed case: status `error` or `oom` and the error's first line."""
     row = case_row(case, loaded)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    row.update(status="error", error=f"{type(exc).__name__}: {first}"[:500], timestamp=utc_now())
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    row.update(status=status, error=f"{type(exc).__name__}: {first}"[:500], timestamp=utc_now())
     return row
 
 

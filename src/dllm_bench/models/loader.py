@@ -169,10 +169,18 @@ class ModelCache:
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = cache_dir
         self._models: dict[ModelSpec, LoadedModel] = {}
+        self._failures: dict[ModelSpec, ModelLoadError] = {}
 
     def get(self, spec: ModelSpec) -> LoadedModel:
+        """The loaded model; a model that failed to load fails again at once, not reloaded."""
+        if spec in self._failures:
+            raise self._failures[spec]
         if spec not in self._models:
-            self._models[spec] = load_model(spec, self.cache_dir)
+            try:
+                self._models[spec] = load_model(spec, self.cache_dir)
+            except ModelLoadError as exc:
+                self._failures[spec] = exc
+                raise
         return self._models[spec]
 
     def loaded(self) -> list[LoadedModel]:

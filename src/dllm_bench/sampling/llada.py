@@ -12,15 +12,21 @@ evenly over the block's steps, the first steps taking the remainder.
 oracle in :mod:`dllm_bench.sampling.reference`) but skips the work the result
 does not depend on:
 
-* Nothing after the current block can be committed, and everything before it
-  is already decoded, so argmax, softmax, Gumbel noise arithmetic and top-k run
-  on the current block's slice of the logits only.  (If the prompt itself
-  contains ``mask_id`` those positions are still candidates, and the window
-  then starts at position 0.)
+* Only masked positions of the current block can be committed: nothing after
+  the block is a candidate and everything before it is already decoded.  So
+  the vocabulary-sized work (cfg combination, Gumbel noise arithmetic, argmax,
+  softmax) runs only on the logits rows of the block's still-masked positions,
+  gathered with one ``index_select``; the rest (confidences, top-k) runs on
+  the (B, block_length) window.  If the prompt itself contains ``mask_id``,
+  those positions stay candidates, and the window then starts at position 0.
 * Every block starts fully masked (no step can commit past the current
-  block's end), so the per-step commit counts are the same for every row and
-  are known on the host before the loop: no per-row count, no host sync to
-  learn them, and one batched ``torch.topk`` per step.
+  block's end), so the per-step commit counts, and the number of masked
+  positions left in the block, are the same for every row and known on the
+  host before the loop: no per-row counts, no host sync to learn them, and
+  one batched ``torch.topk`` per step.
+* Softmax rows are computed with ``F.softmax`` row by row exactly as on the
+  full tensor, so the confidences are bit-identical; ``torch.max(..).indices``
+  replaces ``argmax`` (both return the first maximal index; max is faster).
 * The per-row top-k of the plain algorithm is only ambiguous when the k-th and
   (k+1)-th largest confidences of a row are equal.  The batched top-k takes one
   extra element to detect that case, and only such rows are redone with the
@@ -229,54 +235,79 @@ def generate(
     counts = transfer_schedule(block_length, steps_per_block)
     low_confidence = remasking == "low_confidence"
 
+    row_base = torch.arange(batch, device=device).unsqueeze(1) * seq_len  # (B, 1)
+
     for block in range(num_blocks):
         hi = prompt_len + (block + 1) * block_length
-        lo = hi - block_length
+        lo = 0 if prompt_has_mask else hi - block_length
+        width = hi - lo
+        all_positions = torch.arange(width, device=device).expand(batch, width)
+        remaining = block_length  # masked positions of the block, the same in every row
 
         for k in counts:
-            # Forward pass; keep a full-shaped tensor of the combined logits'
-            # layout for the noise draw, and the window of the combined logits.
+            out: torch.Tensor
             if use_cfg:
                 un_x = x.masked_fill(prompt_index, mask_id)
-                out: torch.Tensor = model(torch.cat([x, un_x], dim=0), attention_mask=cfg_mask).logits
-                cond, uncond = out[:batch], out[batch:]
-                noise_like = cond
-                cond_w, uncond_w = cond[:, lo:hi], uncond[:, lo:hi]
-                logits_w = uncond_w + (cfg_scale + 1) * (cond_w - uncond_w)
+                out = model(torch.cat([x, un_x], dim=0), attention_mask=cfg_mask).logits
             else:
                 out = model(x, attention_mask=full_mask).logits
-                noise_like = out
-                logits_w = out[:, lo:hi]
             if on_forward is not None:
                 on_forward()
 
             # Random draws in the plain algorithm's order and shapes.
-            noise_w: torch.Tensor | None = None
+            noise: torch.Tensor | None = None
             if temperature > 0:
-                noise_w = torch.rand_like(noise_like, dtype=torch.float64)[:, lo:hi]
-            random_p_w: torch.Tensor | None = None
+                # rand_like on the (combined) logits' layout, as the plain algorithm.
+                noise = torch.rand_like(out[:batch], dtype=torch.float64)
+            random_p: torch.Tensor | None = None
             if not low_confidence:
-                random_p_w = torch.rand((batch, seq_len), device=device)[:, lo:hi]
+                random_p = torch.rand((batch, seq_len), device=device)
 
             if k == 0:
                 continue  # nothing is committed at this step
 
-            if noise_w is None:
-                x0_w = torch.argmax(logits_w, dim=-1)
-            else:
-                noisy_w = logits_w.to(torch.float64).exp() / (-torch.log(noise_w)) ** temperature
-                x0_w = torch.argmax(noisy_w, dim=-1)
-
-            if random_p_w is None:
-                p_w = F.softmax(logits_w, dim=-1)
-                x0_p_w = torch.gather(p_w, -1, x0_w.unsqueeze(-1)).squeeze(-1)
-            else:
-                x0_p_w = random_p_w
-
             x_w = x[:, lo:hi]
             mask_w = x_w == mask_id
-            confidence_w = torch.where(mask_w, x0_p_w, _NEG_INF)
+            # Window positions whose logits are needed: the masked ones (known
+            # count, so no sync), in increasing order; every window position
+            # when masked prompt tokens make the counts differ between rows.
+            if prompt_has_mask or remaining == width:
+                positions = all_positions
+            else:
+                unmasked_last = torch.argsort((~mask_w).to(torch.int8), dim=1, stable=True)
+                positions = unmasked_last[:, :remaining]
+            n_pos = positions.shape[1]
+            rows = (row_base + lo + positions).reshape(-1)  # rows of the flattened (B*L, V)
+
+            vocab = out.shape[-1]
+            flat = out.reshape(-1, vocab)
+            if use_cfg:
+                cond = flat.index_select(0, rows)
+                uncond = flat.index_select(0, rows + batch * seq_len)
+                logits = uncond + (cfg_scale + 1) * (cond - uncond)
+            else:
+                logits = flat.index_select(0, rows)  # (B * n_pos, V)
+
+            # torch.max returns the first maximal index, like argmax, and is faster.
+            if noise is None:
+                x0 = torch.max(logits, dim=-1).indices
+            else:
+                noise_rows = noise.reshape(batch * seq_len, -1).index_select(0, rows)
+                noisy = logits.to(torch.float64).exp() / (-torch.log(noise_rows)) ** temperature
+                x0 = torch.max(noisy, dim=-1).indices
+
+            if random_p is None:
+                p = F.softmax(logits, dim=-1)
+                x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).view(batch, n_pos)
+            else:
+                x0_p = random_p[:, lo:hi].gather(1, positions)
+
+            x0_w = x_w.scatter(1, positions, x0.view(batch, n_pos))
+            confidence_w = x0_p.new_full((batch, width), _NEG_INF).scatter_(1, positions, x0_p)
+            if prompt_has_mask:
+                confidence_w = torch.where(mask_w, confidence_w, _NEG_INF)
             transfer_w = _select_transfer(confidence_w, k, lo, hi, seq_len)
             x_w.copy_(torch.where(transfer_w & mask_w, x0_w, x_w))
+            remaining -= k
 
     return x

@@ -118,8 +118,8 @@ class LLaDAConfig(PretrainedConfig):  # type: ignore[no-untyped-call]
         kwargs["tie_word_embeddings"] = False
         kwargs.setdefault("auto_map", dict(LLADA_AUTO_MAP))
         super().__init__(**kwargs)
-        # Set after the base initialiser: transformers 5 treats token ids and
-        # ``use_cache`` as generation parameters and drops them from ``kwargs``.
+        # Set after the base initialiser: transformers 5 drops ``use_cache`` from ``kwargs`` (it is a
+        # generation parameter there) and transformers 4 resets the token ids to its own defaults.
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id

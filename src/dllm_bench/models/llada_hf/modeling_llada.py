@@ -201,7 +201,7 @@ def _key_mask(
     keep = attention_mask.to(device=device).bool()
     if bool(keep.all()):
         return None
-    # A row without any attended key would give NaN; let such a (pure padding) row attend everywhere.
+    # A row without any attended key can give NaN on some SDPA backends; let such an all-padding row attend everywhere.
     keep = keep | ~keep.any(dim=-1, keepdim=True)
     return keep[:, None, None, :]
 
