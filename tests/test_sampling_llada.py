@@ -1,7 +1,13 @@
-"""Tests for the LLaDA sampler: token identity with the plain oracle, plus contracts."""
+"""Tests for the LLaDA sampler: token identity with the plain oracle, plus contracts.
+
+The oracle is ``dllm_bench.sampling.reference.generate_reference``: the plain,
+literal algorithm (full logits, full float64 Gumbel noise, per-row counts and a
+per-row top-k over full rows), written independently of ``llada.generate``.
+"""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import types
 
@@ -43,9 +49,7 @@ class ToyModel(nn.Module):
         torch.random.set_rng_state(generator_state)
         self.eval()
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> types.SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> types.SimpleNamespace:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         h = self.embed(input_ids) + self.pos(positions)
         padding = None if attention_mask is None else attention_mask == 0
@@ -64,9 +68,7 @@ class PairedLogits(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> types.SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> types.SimpleNamespace:
         logits = self.inner(input_ids, attention_mask=attention_mask).logits
         pair_start = torch.arange(logits.shape[1], device=logits.device) // 2 * 2
         return types.SimpleNamespace(logits=logits[:, pair_start])
@@ -80,9 +82,7 @@ class CountingModel(nn.Module):
     remasking commits the leftmost masked positions first.
     """
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> types.SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> types.SimpleNamespace:
         batch, length = input_ids.shape
         count = (input_ids != MASK_ID).sum(dim=1)  # (B,)
         margin = 20.0 - 0.5 * torch.arange(length, dtype=torch.float32)  # (L,)
@@ -93,6 +93,9 @@ class CountingModel(nn.Module):
 
 
 _MODEL = ToyModel()
+# The identity tests also run on CUDA where available (the tie-breaking and
+# reduction kernels differ from the CPU ones).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -118,6 +121,20 @@ def _prompt(batch: int, prompt_len: int = 6, padded: bool = False, seed: int = 1
     return prompt, attention_mask
 
 
+_MODELS_BY_DEVICE: dict[str, nn.Module] = {"cpu": _MODEL}
+
+
+def _model_on(device: str) -> nn.Module:
+    """The shared toy model on ``device`` (a copy, so the CPU one stays put)."""
+    if device not in _MODELS_BY_DEVICE:
+        _MODELS_BY_DEVICE[device] = copy.deepcopy(_MODEL).to(device)
+    return _MODELS_BY_DEVICE[device]
+
+
+def _to(device: str, prompt: torch.Tensor, attention_mask: torch.Tensor | None):
+    return prompt.to(device), None if attention_mask is None else attention_mask.to(device)
+
+
 def _both(model: nn.Module, prompt, attention_mask, seed: int = 1234, **kwargs):
     torch.manual_seed(seed)
     fast = generate(model, prompt, attention_mask, mask_id=MASK_ID, **kwargs)
@@ -132,17 +149,14 @@ def _both(model: nn.Module, prompt, attention_mask, seed: int = 1234, **kwargs):
 SCHEDULES = [(16, 16, 8), (16, 4, 8), (16, 4, 16), (16, 4, 4), (8, 4, 16), (10, 5, 6)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("remasking", "temperature", "cfg_scale", "padded", "schedule", "batch"),
-    list(
-        itertools.product(
-            ["low_confidence", "random"], [0.0, 0.7], [0.0, 1.5], [False, True], SCHEDULES, [1, 3]
-        )
-    ),
+    list(itertools.product(["low_confidence", "random"], [0.0, 0.7], [0.0, 1.5], [False, True], SCHEDULES, [1, 3])),
 )
-def test_matches_plain_algorithm(remasking, temperature, cfg_scale, padded, schedule, batch):
+def test_matches_plain_algorithm(remasking, temperature, cfg_scale, padded, schedule, batch, device):
     gen_length, block_length, steps = schedule
-    prompt, attention_mask = _prompt(batch, padded=padded)
+    prompt, attention_mask = _to(device, *_prompt(batch, padded=padded))
     kwargs = dict(
         steps=steps,
         gen_length=gen_length,
@@ -151,7 +165,7 @@ def test_matches_plain_algorithm(remasking, temperature, cfg_scale, padded, sche
         cfg_scale=cfg_scale,
         remasking=remasking,
     )
-    fast, slow = _both(_MODEL, prompt, attention_mask, **kwargs)
+    fast, slow = _both(_model_on(device), prompt, attention_mask, **kwargs)
 
     assert fast.shape == (batch, prompt.shape[1] + gen_length)
     assert fast.dtype == torch.long
@@ -164,15 +178,16 @@ def test_matches_plain_algorithm(remasking, temperature, cfg_scale, padded, sche
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 @pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
 @pytest.mark.parametrize("tie_source", ["paired_logits", "bfloat16"])
-def test_matches_plain_algorithm_with_tied_confidences(tie_source, cfg_scale, temperature, steps):
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_plain_algorithm_with_tied_confidences(device, tie_source, cfg_scale, temperature, steps):
     # Ties between the k-th and (k+1)-th confidence make the top-k set depend on
     # how it is computed; the sampler must still pick what the plain per-row
     # top-k picks.
     if tie_source == "paired_logits":
-        model: nn.Module = PairedLogits(_MODEL)
+        model: nn.Module = PairedLogits(_model_on(device))
     else:
-        model = ToyModel(seed=3).to(torch.bfloat16)
-    prompt, attention_mask = _prompt(3, padded=True, seed=5)
+        model = ToyModel(seed=3).to(device=device, dtype=torch.bfloat16)
+    prompt, attention_mask = _to(device, *_prompt(3, padded=True, seed=5))
     kwargs = dict(steps=steps, gen_length=24, block_length=8, temperature=temperature)
     fast, slow = _both(model, prompt, attention_mask, cfg_scale=cfg_scale, **kwargs)
     assert torch.equal(fast, slow)

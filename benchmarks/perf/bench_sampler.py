@@ -47,9 +47,7 @@ class ToyLM(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, vocab)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> types.SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> types.SimpleNamespace:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         h = self.embed(input_ids) + self.pos(positions)
         padding = None if attention_mask is None else attention_mask == 0
@@ -70,9 +68,7 @@ class TimedModel(nn.Module):
         self.forward_seconds = 0.0
         self.forward_calls = 0
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> types.SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> types.SimpleNamespace:
         _sync(input_ids.device)
         start = time.perf_counter()
         out: types.SimpleNamespace = self.inner(input_ids, attention_mask=attention_mask)
@@ -153,8 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     logger.info(
-        "device=%s threads=%d vocab=%d d_model=%d layers=%d batch=%d prompt=%d gen=%d "
-        "steps=%d block=%d runs=%d",
+        "device=%s threads=%d vocab=%d d_model=%d layers=%d batch=%d prompt=%d gen=%d steps=%d block=%d runs=%d",
         device,
         torch.get_num_threads(),
         args.vocab,

@@ -22,6 +22,8 @@ import torch
 
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import BenchConfig, ConfigError, load_config
+from dllm_bench.environment import capture_environment
+from dllm_bench.gate import GateError, GateRule, check_gate, load_baseline, parse_gate
 from dllm_bench.manifest import Manifest, final_status, utc_now, write_manifest
 from dllm_bench.models.loader import ModelCache, ModelLoadError, unknown_arch_keys
 from dllm_bench.outputs import OutputDirError, new_run_dir, prepare_output_dir, refuse_existing_results
@@ -29,6 +31,7 @@ from dllm_bench.results import FINAL_CSV, PARTIAL_CSV, append_row, read_rows, wr
 from dllm_bench.resume import case_key, completed_keys, latest_per_case, newest_run_dir, previous_rows
 from dllm_bench.runner import error_row, measure_with_own_timer, run_case
 from dllm_bench.signals import GracefulStop
+from dllm_bench.summary import relative_speed_lines, summary_lines
 
 LOG = logging.getLogger("dllm_bench")
 
@@ -53,11 +56,22 @@ class RunState:
     resume: bool
     allow_oom: bool
     command_line: list[str]
+    repo_dir: Path
+    gates: list[GateRule] = field(default_factory=list)
+    gate_baseline: list[dict[str, str]] = field(default_factory=list)
     rows: list[dict[str, object]] = field(default_factory=list)
+    final_rows: list[dict[str, object]] = field(default_factory=list)
+    environment_cache: dict[str, str] | None = None
     prepared: bool = False
     manifest: Manifest | None = None
     interrupted_by: str | None = None
     stopper: GracefulStop | None = None
+
+    def environment(self) -> dict[str, str]:
+        """GPU, driver, CUDA, library versions, host and git commit; captured once."""
+        if self.environment_cache is None:
+            self.environment_cache = capture_environment(self.repo_dir)
+        return self.environment_cache
 
 
 STATE_KEY = pytest.StashKey[RunState]()
@@ -94,6 +108,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="report a case that runs out of memory as skipped instead of failed (its row keeps status oom)",
     )
     group.addoption(
+        "--gate",
+        dest="dllm_gates",
+        action="append",
+        default=[],
+        metavar="METRIC:+-N%",
+        help="fail the session if METRIC moved past N%% against --gate-baseline in the bad direction, "
+        "e.g. tokens_per_s:-10%% or latency_mean_s:+15%% (repeatable)",
+    )
+    group.addoption(
+        "--gate-baseline",
+        dest="dllm_gate_baseline",
+        default=None,
+        metavar="PATH",
+        help="raw_metrics.csv (or a run directory) that --gate compares against",
+    )
+    group.addoption(
         "--model-cache-dir",
         dest="dllm_model_cache_dir",
         default=None,
@@ -113,7 +143,8 @@ def pytest_configure(config: pytest.Config) -> None:
         bench_config = load_config(config_path)
         _check_arch_keys(bench_config)
         output_dir = _output_dir(config, bench_config)
-    except (ConfigError, OutputDirError) as exc:
+        gates, gate_baseline = _gates(config)
+    except (ConfigError, OutputDirError, GateError) as exc:
         raise pytest.UsageError(str(exc)) from None
     _default_logging(config)
     config.stash[STATE_KEY] = RunState(
@@ -125,7 +156,21 @@ def pytest_configure(config: pytest.Config) -> None:
         resume=bool(config.getoption("dllm_resume")),
         allow_oom=bool(config.getoption("dllm_allow_oom")),
         command_line=[sys.executable, "-m", "pytest", *config.invocation_params.args],
+        repo_dir=Path(__file__).resolve().parent,
+        gates=gates,
+        gate_baseline=gate_baseline,
     )
+
+
+def _gates(config: pytest.Config) -> tuple[list[GateRule], list[dict[str, str]]]:
+    """--gate rules and their baseline rows, checked before anything runs."""
+    specs: list[str] = config.getoption("dllm_gates")
+    baseline_path = config.getoption("dllm_gate_baseline")
+    if not specs:
+        return [], []
+    if baseline_path is None:
+        raise GateError("--gate needs --gate-baseline PATH (a raw_metrics.csv or a run directory)")
+    return [parse_gate(spec) for spec in specs], load_baseline(Path(baseline_path))
 
 
 def _default_benchmark_timer(config: pytest.Config) -> None:
@@ -294,6 +339,7 @@ def _prepare(state: RunState, config: pytest.Config) -> None:
         output_dir=str(state.output_dir),
         started_at=utc_now(),
         resumed=state.resume,
+        environment=state.environment(),
     )
     write_manifest(state.output_dir, state.manifest)
     state.prepared = True
@@ -328,6 +374,7 @@ class RowSink:
     def __init__(self, state: RunState, config: pytest.Config) -> None:
         self.state = state
         self.config = config
+        self.gate_lines: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         row = _row_of(report)
@@ -361,9 +408,12 @@ class RowSink:
             return
         if self.state.interrupted_by is not None:
             LOG.warning("run interrupted by %s; saving the finished cases", self.state.interrupted_by)
-        rows = latest_per_case(read_rows(self.state.output_dir / PARTIAL_CSV))
+        rows = [dict(row) for row in latest_per_case(read_rows(self.state.output_dir / PARTIAL_CSV))]
+        self.state.final_rows = rows
         final = self.state.output_dir / FINAL_CSV
         write_rows_atomic(final, rows)
+        if self.state.gates and not self._gate_passes(rows):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         manifest = self.state.manifest
         interrupted = self.state.interrupted_by is not None or exitstatus == pytest.ExitCode.INTERRUPTED
         manifest.status = final_status(
@@ -378,9 +428,31 @@ class RowSink:
         if self.state.resume and manifest.counts.planned == 0 and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.OK
 
+    def _gate_passes(self, rows: list[dict[str, object]]) -> bool:
+        result = check_gate(rows, self.state.gate_baseline, self.state.gates)
+        self.gate_lines = [f"gate: compared {result.compared} case/metric pairs against the baseline"]
+        if result.unmatched:
+            self.gate_lines.append(f"gate: {len(result.unmatched)} cases have no ok baseline row and were not gated")
+        self.gate_lines += [f"gate FAILED: {failure.describe()}" for failure in result.failures]
+        for line in self.gate_lines:
+            (LOG.error if "FAILED" in line else LOG.info)(line)
+        return not result.failures
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.prepared or self.state.manifest is None:
             return
+        rows = self.state.final_rows
+        if rows:
+            terminalreporter.section("dllm-bench summary", sep="-")
+            for line in [*summary_lines(rows), "", *relative_speed_lines(rows)]:
+                terminalreporter.write_line(line)
+        for line in self.gate_lines:
+            terminalreporter.write_line(line, red="FAILED" in line)
+        if _xdist_active(self.config):
+            terminalreporter.write_line(
+                "dllm-bench: pytest-benchmark is off under xdist (no --benchmark-json, autosave or compare); "
+                "every case is still fully measured in raw_metrics.csv"
+            )
         out = self.state.output_dir
         counts = self.state.manifest.counts
         terminalreporter.write_line(
@@ -392,6 +464,16 @@ class RowSink:
             terminalreporter.write_line(
                 f"dllm-bench: interrupted by {self.state.interrupted_by}; resume with: {resume}"
             )
+
+
+def _xdist_active(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "dist", "no") != "no" or hasattr(config, "workerinput"))
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None:
+        machine_info["dllm_bench"] = state.environment()
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
@@ -423,6 +505,7 @@ class CaseRunner:
     benchmark: Any
     models: ModelCache
     allow_oom: bool
+    environment: dict[str, str]
 
     def run(self, case: Case) -> dict[str, object]:
         LOG.info("case %s: start", case.case_id)
@@ -458,6 +541,7 @@ class CaseRunner:
         LOG.error("case %s: %s: %s", case.case_id, row["status"], row["error"])
 
     def _attach(self, row: dict[str, object]) -> None:
+        row.update(self.environment)
         self.request.node.user_properties.append((ROW_PROPERTY, row))
         if self.benchmark is not None and getattr(self.benchmark, "enabled", False):
             self.benchmark.extra_info.update({k: v for k, v in row.items() if v not in (None, "")})
@@ -469,6 +553,7 @@ class CaseRunner:
         bench.group = f"p{case.prompt_length}-g{case.gen_length}-b{case.batch_size}"
 
         def measure(call: Callable[[], torch.Tensor], warmup_rounds: int, measured_rounds: int) -> list[float]:
+            # The suite runs (and profiles) the warm-up itself; warmup_rounds is 0 here.
             bench.pedantic(call, rounds=measured_rounds, warmup_rounds=warmup_rounds, iterations=1)
             return list(bench.stats.stats.data)
 
@@ -484,4 +569,10 @@ def release_memory() -> None:
 
 @pytest.fixture
 def bench(request: pytest.FixtureRequest, benchmark: Any, model_cache: ModelCache, dllm_state: RunState) -> CaseRunner:
-    return CaseRunner(request=request, benchmark=benchmark, models=model_cache, allow_oom=dllm_state.allow_oom)
+    return CaseRunner(
+        request=request,
+        benchmark=benchmark,
+        models=model_cache,
+        allow_oom=dllm_state.allow_oom,
+        environment=dllm_state.environment(),
+    )

@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 from filelock import FileLock
-from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModel, AutoModelForCausalLM
 
 from dllm_bench.config import ModelSpec
-from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
-from dllm_bench.models.random_init import folder_key, write_llada_folder, write_llama_folder
+from dllm_bench.models.random_init import folder_key, known_arch_keys, write_llada_folder, write_llama_folder
 
 LOG = logging.getLogger("dllm_bench.models")
 
@@ -69,7 +68,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def unknown_arch_keys(spec: ModelSpec) -> list[str]:
     """Architecture keys of a random-init entry that its config class does not know."""
-    known = set(LLaDAConfig().to_dict()) if spec.kind == "llada" else set(LlamaConfig().to_dict())
+    known = known_arch_keys(spec.kind)
     return sorted(key for key, _ in spec.arch if key not in known)
 
 
@@ -127,7 +126,10 @@ def _describe(
     cfg: Any = getattr(model, "config", None)
     vocab_size = int(getattr(cfg, "embedding_size", None) or cfg.vocab_size)
     mask_id = getattr(cfg, "mask_token_id", None)
-    eos_ids = _as_ids(getattr(cfg, "eos_token_id", None))
+    generation: Any = getattr(model, "generation_config", None)
+    eos_ids = tuple(
+        sorted({*_as_ids(getattr(cfg, "eos_token_id", None)), *_as_ids(getattr(generation, "eos_token_id", None))})
+    )
     pad_id = getattr(cfg, "pad_token_id", None)
     bos_ids = _as_ids(getattr(cfg, "bos_token_id", None))
     if spec.kind == "llada" and mask_id is None:

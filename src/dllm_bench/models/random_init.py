@@ -77,7 +77,7 @@ def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
     remote-code files are refreshed if they differ from the package's.
     """
     folder = Path(folder)
-    _check_keys("LLaDA", arch, frozenset(LLADA_CONFIG_KEYS))
+    _check_keys("LLaDA", arch, known_arch_keys("llada"))
     _check_dtype(dtype)
     sources = [llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES]
     if _is_complete(folder):
@@ -100,8 +100,7 @@ def write_llama_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
     returned without rewriting.
     """
     folder = Path(folder)
-    known = frozenset(f.name for f in dataclasses.fields(LlamaConfig)) | _LLAMA_LEGACY_KEYS
-    _check_keys("Llama", arch, known)
+    _check_keys("Llama", arch, known_arch_keys("baseline"))
     _check_dtype(dtype)
     if _is_complete(folder):
         logger.info("Llama folder %s already exists, not rewriting it", folder)
@@ -112,6 +111,13 @@ def write_llama_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
         return LlamaForCausalLM(config)
 
     return _write_atomically(folder, build, seed=seed, dtype=dtype, extra_files=())
+
+
+def known_arch_keys(kind: str) -> frozenset[str]:
+    """The architecture keys a random-init entry of this kind (llada or baseline) accepts."""
+    if kind == "llada":
+        return frozenset(LLADA_CONFIG_KEYS)
+    return frozenset(f.name for f in dataclasses.fields(LlamaConfig)) | _LLAMA_LEGACY_KEYS
 
 
 def _check_keys(kind: str, arch: Mapping[str, Any], known: frozenset[str]) -> None:

@@ -80,14 +80,11 @@ def validate_schedule(*, steps: int, gen_length: int, block_length: int) -> None
     _check_positive_int("gen_length", gen_length)
     _check_positive_int("block_length", block_length)
     if gen_length % block_length != 0:
-        raise ValueError(
-            f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
-        )
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
     num_blocks = gen_length // block_length
     if steps % num_blocks != 0:
         raise ValueError(
-            f"steps ({steps}) must be a multiple of the number of blocks "
-            f"gen_length/block_length = {num_blocks}"
+            f"steps ({steps}) must be a multiple of the number of blocks gen_length/block_length = {num_blocks}"
         )
 
 
@@ -116,8 +113,7 @@ def _validate_inputs(
 ) -> None:
     if remasking not in REMASKING_STRATEGIES:
         raise ValueError(
-            f"unknown remasking {remasking!r}; expected one of "
-            + ", ".join(repr(r) for r in REMASKING_STRATEGIES)
+            f"unknown remasking {remasking!r}; expected one of " + ", ".join(repr(r) for r in REMASKING_STRATEGIES)
         )
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
@@ -129,14 +125,11 @@ def _validate_inputs(
         raise ValueError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
     if attention_mask is not None and attention_mask.shape != prompt.shape:
         raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} must equal "
-            f"prompt shape {tuple(prompt.shape)}"
+            f"attention_mask shape {tuple(attention_mask.shape)} must equal prompt shape {tuple(prompt.shape)}"
         )
 
 
-def _select_transfer(
-    confidence: torch.Tensor, k: int, lo: int, hi: int, seq_len: int
-) -> torch.Tensor:
+def _select_transfer(confidence: torch.Tensor, k: int, lo: int, hi: int, seq_len: int) -> torch.Tensor:
     """(B, W) bool: per row, the ``k`` window positions the plain per-row top-k picks.
 
     ``confidence`` is the (B, W) confidence of the window ``[lo, hi)`` of rows

@@ -31,9 +31,7 @@ def _num_transfer_tokens(block_mask_index: torch.Tensor, steps: int) -> torch.Te
     mask_num = block_mask_index.sum(dim=1, keepdim=True)
     base = mask_num // steps
     remainder = mask_num % steps
-    num_transfer = torch.zeros(
-        mask_num.size(0), steps, device=block_mask_index.device, dtype=torch.int64
-    )
+    num_transfer = torch.zeros(mask_num.size(0), steps, device=block_mask_index.device, dtype=torch.int64)
     num_transfer = num_transfer + base
     for i in range(mask_num.size(0)):
         num_transfer[i, : int(remainder[i])] += 1
@@ -77,9 +75,7 @@ def generate_reference(
     steps_per_block = steps // num_blocks
 
     batch, prompt_len = prompt.shape
-    x = torch.full(
-        (batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=prompt.device
-    )
+    x = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=prompt.device)
     x[:, :prompt_len] = prompt.clone()
 
     if attention_mask is not None:

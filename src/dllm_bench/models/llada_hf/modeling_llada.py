@@ -231,10 +231,20 @@ class LLaDAModelLM(PreTrainedModel):  # type: ignore[no-untyped-call]
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+            if module is self.get_output_embeddings():
+                self._silence_mask_logit(module)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, LLaDARMSNorm):
             nn.init.ones_(module.weight)
+
+    def _silence_mask_logit(self, head: nn.Linear) -> None:
+        """A random model should not predict the mask token (the trained one never does):
+        its logit is exactly 0, below the largest of the other random logits."""
+        mask_id = self.config.mask_token_id
+        if mask_id is not None and 0 <= mask_id < head.weight.shape[0]:
+            with torch.no_grad():
+                head.weight[mask_id].zero_()
 
     def get_input_embeddings(self) -> nn.Module:
         return cast(nn.Module, self.model.transformer["wte"])

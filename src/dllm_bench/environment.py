@@ -1,0 +1,139 @@
+"""What a result row was measured on: GPU, driver, library versions, host and source commit.
+
+Every value is a string, and an empty string where the value is not available: nothing is
+guessed or filled in with a placeholder.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+try:
+    import pynvml  # type: ignore[import-untyped]
+except ImportError:  # nvidia-ml-py is absent: the driver version stays empty
+    pynvml = None
+
+logger = logging.getLogger(__name__)
+
+ENVIRONMENT_COLUMNS: tuple[str, ...] = (
+    "gpu_name",
+    "gpu_count",
+    "driver_version",
+    "cuda_version",
+    "torch_version",
+    "transformers_version",
+    "python_version",
+    "host",
+    "git_commit",
+    "git_dirty",
+)
+
+GIT_TIMEOUT_S = 5.0
+
+
+def capture_environment(repo_dir: Path) -> dict[str, str]:
+    """The values of `ENVIRONMENT_COLUMNS` for this process, with git state read in `repo_dir`."""
+    git_commit, git_dirty = _git_state(repo_dir)
+    values = {
+        "gpu_name": _gpu_name(),
+        "gpu_count": str(_gpu_count()),
+        "driver_version": _driver_version(),
+        "cuda_version": torch.version.cuda or "",
+        "torch_version": str(torch.__version__),
+        "transformers_version": _distribution_version("transformers"),
+        "python_version": platform.python_version(),
+        "host": socket.gethostname(),
+        "git_commit": git_commit,
+        "git_dirty": git_dirty,
+    }
+    return {column: values[column] for column in ENVIRONMENT_COLUMNS}
+
+
+def _gpu_count() -> int:
+    """Visible CUDA devices; 0 for a CPU-only build or a machine without a GPU."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _gpu_name() -> str:
+    """The current CUDA device's name, followed by the other distinct names of visible devices."""
+    count = _gpu_count()
+    if count == 0:
+        return ""
+    current = torch.cuda.current_device()
+    names = [torch.cuda.get_device_name(current)]
+    names.extend(torch.cuda.get_device_name(index) for index in range(count))
+    return "; ".join(dict.fromkeys(names))
+
+
+def _driver_version() -> str:
+    """The NVIDIA driver version from NVML, or "" when NVML is missing or fails."""
+    if pynvml is None:
+        return ""
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as error:
+        logger.debug("NVML unavailable, no driver version: %s", error)
+        return ""
+    try:
+        version = pynvml.nvmlSystemGetDriverVersion()
+    except pynvml.NVMLError as error:
+        logger.debug("NVML could not report the driver version: %s", error)
+        version = ""
+    finally:
+        _nvml_shutdown()
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def _nvml_shutdown() -> None:
+    try:
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError as error:
+        logger.debug("NVML shutdown failed: %s", error)
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _git_state(repo_dir: Path) -> tuple[str, str]:
+    """(commit, dirty) for the git work tree holding `repo_dir`; "" for what git cannot tell."""
+    commit = _run_git(repo_dir, "rev-parse", "HEAD")
+    status = _run_git(repo_dir, "status", "--porcelain", "--untracked-files=no")
+    commit = commit.strip() if commit is not None else ""
+    if status is None:
+        return commit, ""
+    return commit, "true" if status.strip() else "false"
+
+
+def _run_git(repo_dir: Path, *args: str) -> str | None:
+    """stdout of `git ARGS` run in `repo_dir`, or None when git is missing, fails or times out."""
+    # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock under someone else's feet.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        completed = subprocess.run(
+            ["git", *args],
+            cwd=repo_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        logger.debug("git %s in %s failed: %s", " ".join(args), repo_dir, error)
+        return None
+    if completed.returncode != 0:
+        logger.debug("git %s in %s: %s", " ".join(args), repo_dir, completed.stderr.strip())
+        return None
+    return completed.stdout

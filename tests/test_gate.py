@@ -1,0 +1,313 @@
+"""The regression gate: rule specs, matching current rows to the baseline, and loading a baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dllm_bench.gate import (
+    GateError,
+    GateFailure,
+    GateRule,
+    check_gate,
+    format_significant,
+    gate_metrics,
+    load_baseline,
+    parse_gate,
+)
+from dllm_bench.results import COLUMN_NAMES, FINAL_CSV, PARTIAL_CSV, append_row, read_rows
+from dllm_bench.resume import KEY_COLUMNS
+
+TOKENS_DROP_10 = GateRule(metric="tokens_per_s", change_pct=-10.0)
+LATENCY_RISE_15 = GateRule(metric="latency_mean_s", change_pct=15.0)
+
+
+def make_row(steps: int, tokens_per_s: float, latency_mean_s: float = 1.0, status: str = "ok") -> dict[str, object]:
+    """A LLaDA row whose case differs from others only by `steps`."""
+    return {
+        "case_id": f"tiny-llada-p32-g32-b1-s{steps}-k32",
+        "model": "tiny-llada",
+        "kind": "llada",
+        "source": "random-init",
+        "device": "cpu",
+        "dtype": "float32",
+        "prompt_length": 32,
+        "gen_length": 32,
+        "batch_size": 1,
+        "steps": steps,
+        "block_length": 32,
+        "remasking": "low_confidence",
+        "temperature": 0.0,
+        "cfg_scale": 0.0,
+        "warmup_rounds": 1,
+        "measured_rounds": 2,
+        "status": status,
+        "error": "" if status == "ok" else "boom",
+        "latency_mean_s": latency_mean_s,
+        "tokens_per_s": tokens_per_s,
+        "nfe": steps,
+    }
+
+
+def round_trip(path: Path, rows: list[dict[str, object]]) -> list[dict[str, str]]:
+    """Rows as they come back from a results CSV (every value a string)."""
+    for row in rows:
+        append_row(path, row)
+    return read_rows(path)
+
+
+# --- parse_gate ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("tokens_per_s:-10%", GateRule("tokens_per_s", -10.0)),
+        ("latency_mean_s:+15%", GateRule("latency_mean_s", 15.0)),
+        ("latency_median_s:+2.5%", GateRule("latency_median_s", 2.5)),
+        (" nfe : +0% ", GateRule("nfe", 0.0)),
+    ],
+)
+def test_parse_gate_accepts_signed_percentages(spec: str, expected: GateRule) -> None:
+    assert parse_gate(spec) == expected
+
+
+def test_sign_gives_the_bad_direction_even_for_zero() -> None:
+    assert parse_gate("latency_mean_s:+15%").rise_is_bad
+    assert not parse_gate("tokens_per_s:-10%").rise_is_bad
+    assert parse_gate("tokens_per_s:+0%").rise_is_bad
+    assert not parse_gate("tokens_per_s:-0%").rise_is_bad
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("tokens_per_s:10%", "needs a sign"),
+        ("tps:-10%", "unknown metric 'tps'"),
+        ("status:-10%", "'status' is not a numeric measurement"),
+        ("steps:+10%", "'steps' is not a numeric measurement"),
+        ("timestamp:+10%", "'timestamp' is not a numeric measurement"),
+        ("tokens_per_s:-ten%", "'ten' is not a number"),
+        ("tokens_per_s:-%", "'' is not a number"),
+        ("tokens_per_s:-1e3%", "'1e3' is not a number"),
+        ("tokens_per_s-10%", "no ':'"),
+        ("tokens_per_s:-10", "must end with %"),
+        ("", "no ':'"),
+    ],
+)
+def test_parse_gate_rejects_bad_specs_with_the_spec_and_the_form(spec: str, reason: str) -> None:
+    with pytest.raises(GateError) as info:
+        parse_gate(spec)
+    message = str(info.value)
+    assert reason in message
+    assert repr(spec) in message
+    assert "METRIC:+N%" in message and "METRIC:-N%" in message
+
+
+def test_every_gate_metric_is_a_result_column() -> None:
+    metrics = gate_metrics()
+    assert {"latency_mean_s", "tokens_per_s", "nfe"} <= set(metrics)
+    assert set(metrics) <= set(COLUMN_NAMES)
+    assert not set(metrics) & set(KEY_COLUMNS)
+    for metric in metrics:
+        assert parse_gate(f"{metric}:+5%") == GateRule(metric, 5.0)
+
+
+def test_gate_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        parse_gate("nope")
+
+
+# --- check_gate ---------------------------------------------------------------------------------
+
+
+def test_within_threshold_and_improvements_pass() -> None:
+    baseline = [make_row(8, 100.0), make_row(16, 100.0), make_row(32, 100.0)]
+    current = [make_row(8, 95.0), make_row(16, 90.5), make_row(32, 250.0)]
+    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    assert result.passed
+    assert result.failures == []
+    assert result.compared == 3
+    assert result.unmatched == []
+
+
+def test_only_cases_past_the_threshold_fail_with_their_change() -> None:
+    baseline = [make_row(8, 100.0), make_row(16, 200.0), make_row(32, 100.0)]
+    current = [make_row(8, 80.0), make_row(16, 190.0), make_row(32, 70.0)]
+    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    assert not result.passed
+    assert [f.case_id for f in result.failures] == [
+        "tiny-llada-p32-g32-b1-s8-k32",
+        "tiny-llada-p32-g32-b1-s32-k32",
+    ]
+    assert [f.change_pct for f in result.failures] == pytest.approx([-20.0, -30.0])
+    values = [(f.baseline, f.current, f.limit_pct) for f in result.failures]
+    assert values == [(100.0, 80.0, -10.0), (100.0, 70.0, -10.0)]
+    assert result.compared == 3
+
+
+def test_exactly_at_the_limit_passes_in_both_directions() -> None:
+    result = check_gate([make_row(8, 90.0)], [make_row(8, 100.0)], [TOKENS_DROP_10])
+    assert result.passed
+    assert result.compared == 1
+    latency = check_gate([make_row(8, 1.0, latency_mean_s=1.15)], [make_row(8, 1.0)], [LATENCY_RISE_15])
+    assert latency.passed
+    assert latency.compared == 1
+    just_over = check_gate([make_row(8, 1.0, latency_mean_s=1.1501)], [make_row(8, 1.0)], [LATENCY_RISE_15])
+    assert not just_over.passed
+
+
+def test_plus_rule_fails_on_a_rise_and_passes_a_fall() -> None:
+    baseline = [make_row(8, 100.0, latency_mean_s=1.0), make_row(16, 100.0, latency_mean_s=1.0)]
+    current = [make_row(8, 100.0, latency_mean_s=1.2), make_row(16, 100.0, latency_mean_s=0.5)]
+    result = check_gate(current, baseline, [LATENCY_RISE_15])
+    assert [(f.case_id, f.metric) for f in result.failures] == [("tiny-llada-p32-g32-b1-s8-k32", "latency_mean_s")]
+    assert result.failures[0].change_pct == pytest.approx(20.0)
+
+
+def test_minus_rule_passes_a_rise() -> None:
+    result = check_gate([make_row(8, 1000.0)], [make_row(8, 100.0)], [TOKENS_DROP_10])
+    assert result.passed
+
+
+def test_every_rule_is_checked_and_counted() -> None:
+    baseline = [make_row(8, 100.0, latency_mean_s=1.0), make_row(16, 100.0, latency_mean_s=1.0)]
+    current = [make_row(8, 50.0, latency_mean_s=2.0), make_row(16, 100.0, latency_mean_s=1.0)]
+    result = check_gate(current, baseline, [TOKENS_DROP_10, LATENCY_RISE_15])
+    assert result.compared == 4
+    assert [f.metric for f in result.failures] == ["tokens_per_s", "latency_mean_s"]
+
+
+def test_cases_without_an_ok_baseline_row_are_unmatched() -> None:
+    baseline = [make_row(8, 100.0), make_row(16, 100.0, status="error")]
+    current = [make_row(8, 100.0), make_row(16, 100.0), make_row(32, 10.0)]
+    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    assert result.unmatched == ["tiny-llada-p32-g32-b1-s16-k32", "tiny-llada-p32-g32-b1-s32-k32"]
+    assert result.compared == 1
+    assert result.passed
+
+
+def test_rows_match_by_parameters_not_case_id() -> None:
+    other_source = {**make_row(8, 100.0), "source": "GSAI-ML/LLaDA-8B-Instruct"}
+    result = check_gate([make_row(8, 10.0)], [other_source], [TOKENS_DROP_10])
+    assert result.unmatched == ["tiny-llada-p32-g32-b1-s8-k32"]
+    assert result.compared == 0
+
+
+def test_non_ok_current_rows_are_ignored() -> None:
+    baseline = [make_row(8, 100.0), make_row(16, 100.0)]
+    current = [make_row(8, 0.0, status="error"), make_row(16, 0.0, status="oom")]
+    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    assert result.passed
+    assert result.compared == 0
+    assert result.unmatched == []
+
+
+def test_a_current_case_rerun_into_an_error_is_not_compared() -> None:
+    current = [make_row(8, 10.0), make_row(8, 0.0, status="error")]
+    result = check_gate(current, [make_row(8, 100.0)], [TOKENS_DROP_10])
+    assert result.compared == 0
+    assert result.passed
+
+
+def test_latest_baseline_row_per_case_wins() -> None:
+    baseline = [make_row(8, 500.0), make_row(8, 100.0)]
+    assert check_gate([make_row(8, 95.0)], baseline, [TOKENS_DROP_10]).passed
+    reversed_baseline = [make_row(8, 100.0), make_row(8, 500.0)]
+    assert not check_gate([make_row(8, 95.0)], reversed_baseline, [TOKENS_DROP_10]).passed
+
+
+def test_a_later_failed_baseline_row_does_not_replace_an_ok_one() -> None:
+    baseline = [make_row(8, 100.0), make_row(8, 0.0, status="oom")]
+    result = check_gate([make_row(8, 50.0)], baseline, [TOKENS_DROP_10])
+    assert result.compared == 1
+    assert [f.baseline for f in result.failures] == [100.0]
+
+
+def test_pairs_missing_the_metric_are_not_counted() -> None:
+    current = [{**make_row(8, 100.0), "tokens_per_s": ""}, make_row(16, 100.0)]
+    baseline = [make_row(8, 100.0), {**make_row(16, 100.0), "tokens_per_s": None}]
+    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    assert result.compared == 0
+    assert result.passed
+
+
+def test_gate_on_rows_read_back_from_csv(tmp_path: Path) -> None:
+    baseline = round_trip(tmp_path / "base.csv", [make_row(8, 812.4), make_row(16, 400.0)])
+    current = round_trip(tmp_path / "current.csv", [make_row(8, 650.1), make_row(16, 399.0)])
+    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    assert result.compared == 2
+    assert [f.describe() for f in result.failures] == [
+        "tiny-llada-p32-g32-b1-s8-k32: tokens_per_s 812.4 -> 650.1 (-20.0%, limit -10%)"
+    ]
+
+
+def test_describe_names_case_metric_values_change_and_limit() -> None:
+    failure = GateFailure(
+        case_id="tiny-llada-p32-g32-b1-s8-k32",
+        metric="latency_mean_s",
+        baseline=0.01234,
+        current=0.0150,
+        change_pct=21.5,
+        limit_pct=15.0,
+    )
+    assert failure.describe() == "tiny-llada-p32-g32-b1-s8-k32: latency_mean_s 0.01234 -> 0.01500 (+21.5%, limit +15%)"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(812.44, "812.4"), (1.5, "1.500"), (0.001234, "0.001234"), (9.99996, "10.00"), (12345.6, "12346"), (0.0, "0.000")],
+)
+def test_format_significant_keeps_four_digits_in_fixed_notation(value: float, text: str) -> None:
+    assert format_significant(value) == text
+
+
+# --- load_baseline ------------------------------------------------------------------------------
+
+
+def test_load_baseline_from_a_csv_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.csv"
+    round_trip(path, [make_row(8, 100.0), make_row(16, 50.0)])
+    rows = load_baseline(path)
+    assert [row["case_id"] for row in rows] == ["tiny-llada-p32-g32-b1-s8-k32", "tiny-llada-p32-g32-b1-s16-k32"]
+    assert rows[1]["tokens_per_s"] == "50.0"
+
+
+def test_load_baseline_from_a_run_directory_prefers_the_final_csv(tmp_path: Path) -> None:
+    round_trip(tmp_path / PARTIAL_CSV, [make_row(8, 1.0), make_row(8, 100.0)])
+    round_trip(tmp_path / FINAL_CSV, [make_row(8, 100.0)])
+    assert [row["tokens_per_s"] for row in load_baseline(tmp_path)] == ["100.0"]
+
+
+def test_load_baseline_from_an_interrupted_run_directory(tmp_path: Path) -> None:
+    round_trip(tmp_path / PARTIAL_CSV, [make_row(8, 100.0), make_row(16, 100.0)])
+    assert len(load_baseline(tmp_path)) == 2
+
+
+def test_load_baseline_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(GateError, match="does not exist") as info:
+        load_baseline(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_load_baseline_directory_without_results(tmp_path: Path) -> None:
+    with pytest.raises(GateError, match="holds no results") as info:
+        load_baseline(tmp_path)
+    assert FINAL_CSV in str(info.value) and PARTIAL_CSV in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["", "case_id,status\n"])
+def test_load_baseline_empty_file(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(GateError, match="has no result rows"):
+        load_baseline(path)
+
+
+def test_load_baseline_refuses_a_csv_that_is_not_results(tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    path.write_text("name,value\na,1\n", encoding="utf-8")
+    with pytest.raises(GateError, match="not a results CSV"):
+        load_baseline(path)
