@@ -273,6 +273,12 @@ def _request_stop(session: pytest.Session, signal_name: str) -> None:
         dsession.shouldstop = reason
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None and state.stopper is not None:
+        state.stopper.restore()
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for fixture_name, kind in CASE_FIXTURES.items():
         if fixture_name not in metafunc.fixturenames:
@@ -375,15 +381,21 @@ class RowSink:
         self.state = state
         self.config = config
         self.gate_lines: list[str] = []
+        self.case_ids = {case.case_id for case in state.cases}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         row = _row_of(report)
         if row is not None and report.when in ("call", "setup"):
             self._append(row)
-        elif report.skipped and report.when in ("setup", "call"):
+        if report.skipped and report.when in ("setup", "call") and self._is_case(report.nodeid):
             LOG.info("case %s: skipped: %s", report.nodeid, _skip_reason(report))
-        if self.state.manifest is not None and report.skipped and report.when in ("setup", "call"):
-            self.state.manifest.counts.skipped += 1
+            if self.state.manifest is not None:
+                self.state.manifest.counts.skipped += 1
+
+    def _is_case(self, nodeid: str) -> bool:
+        """A benchmark case's node id ends in `[<case id>]` (works on the xdist controller,
+        which does not collect)."""
+        return nodeid.endswith("]") and nodeid.rsplit("[", 1)[-1][:-1] in self.case_ids
 
     def _append(self, row: dict[str, object]) -> None:
         _prepare(self.state, self.config)
@@ -402,8 +414,6 @@ class RowSink:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.state.stopper is not None:
-            self.state.stopper.restore()
         if not self.state.prepared or self.state.manifest is None:
             return
         if self.state.interrupted_by is not None:
