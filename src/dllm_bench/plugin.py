@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from dllm_bench.gate import GateError, GateRule, check_gate, load_baseline, pars
 from dllm_bench.manifest import Manifest, final_status, utc_now, write_manifest
 from dllm_bench.models.loader import ModelCache, ModelLoadError, unknown_arch_keys
 from dllm_bench.outputs import OutputDirError, new_run_dir, prepare_output_dir, refuse_existing_results
+from dllm_bench.progress import MODES, BarLogHandler, Progress, TerminalStream, choose_mode
 from dllm_bench.results import FINAL_CSV, PARTIAL_CSV, append_row, read_rows, write_rows_atomic
 from dllm_bench.resume import case_key, completed_keys, latest_per_case, newest_run_dir, previous_rows
-from dllm_bench.runner import error_row, measure_with_own_timer, run_case
+from dllm_bench.runner import Measure, error_row, forwards_per_call, measure_with_own_timer, run_case
 from dllm_bench.signals import GracefulStop
 from dllm_bench.summary import relative_speed_lines, summary_lines
 
@@ -66,6 +68,9 @@ class RunState:
     manifest: Manifest | None = None
     interrupted_by: str | None = None
     stopper: GracefulStop | None = None
+    progress_mode: str = "off"
+    progress: Progress = field(default_factory=lambda: Progress("off"))
+    bar_log_handler: logging.Handler | None = None
 
     def environment(self) -> dict[str, str]:
         """GPU, driver, CUDA, library versions, host and git commit; captured once."""
@@ -124,6 +129,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="raw_metrics.csv (or a run directory) that --gate compares against",
     )
     group.addoption(
+        "--progress",
+        dest="dllm_progress",
+        choices=MODES,
+        default="auto",
+        help="progress display: bar (tqdm bars), log (a progress line in the log every 10%% of the cases "
+        "or 30 s), off; auto (default) is bar on a terminal and log elsewhere",
+    )
+    group.addoption(
         "--model-cache-dir",
         dest="dllm_model_cache_dir",
         default=None,
@@ -146,7 +159,10 @@ def pytest_configure(config: pytest.Config) -> None:
         gates, gate_baseline = _gates(config)
     except (ConfigError, OutputDirError, GateError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    _default_logging(config)
+    progress_mode = choose_mode(
+        config.getoption("dllm_progress"), is_tty=sys.stderr.isatty(), is_worker=hasattr(config, "workerinput")
+    )
+    _default_logging(config, live=progress_mode != "bar")
     config.stash[STATE_KEY] = RunState(
         config=bench_config,
         cases=expand_cases(bench_config),
@@ -159,6 +175,7 @@ def pytest_configure(config: pytest.Config) -> None:
         repo_dir=Path(__file__).resolve().parent,
         gates=gates,
         gate_baseline=gate_baseline,
+        progress_mode=progress_mode,
     )
 
 
@@ -179,10 +196,12 @@ def _default_benchmark_timer(config: pytest.Config) -> None:
         config.option.benchmark_timer = DEFAULT_TIMER
 
 
-def _default_logging(config: pytest.Config) -> None:
-    """Log to the console (live) and to the run's log file unless the user said otherwise.
-    The file's path is set once the output directory exists (see `_prepare`)."""
-    if config.getoption("log_cli_level") is None and not config.getini("log_cli"):
+def _default_logging(config: pytest.Config, *, live: bool) -> None:
+    """Log to the console and to the run's log file unless the user said otherwise. The
+    console gets pytest's live logging, or with progress bars a handler that prints above
+    them (see `pytest_sessionstart`). The file's path is set once the output directory
+    exists (see `_prepare`)."""
+    if live and config.getoption("log_cli_level") is None and not config.getini("log_cli"):
         config.option.log_cli_level = "INFO"
     if config.getoption("log_file_level") is None:
         config.option.log_file_level = "INFO"
@@ -217,6 +236,9 @@ def _check_arch_keys(bench_config: BenchConfig) -> None:
 
 def _output_dir(config: pytest.Config, bench_config: BenchConfig) -> Path:
     """The run directory: given, the newest earlier run (--resume), or a new one."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "dllm_output_dir" in workerinput:
+        return Path(workerinput["dllm_output_dir"])  # chosen (and checked) by the xdist controller
     given = config.getoption("dllm_output_dir")
     resume = config.getoption("dllm_resume")
     results_root = config.rootpath / "results"
@@ -260,8 +282,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     state.stopper = GracefulStop(lambda name: _request_stop(session, name))
     state.stopper.install()
+    _start_progress(state, session.config)
     if state.writes_rows:
         session.config.pluginmanager.register(RowSink(state, session.config), "dllm-bench-rows")
+        if session.config.pluginmanager.hasplugin("xdist"):
+            session.config.pluginmanager.register(XdistController(state, session.config), "dllm-bench-xdist")
+
+
+def _start_progress(state: RunState, config: pytest.Config) -> None:
+    """Bars write to the real stderr through the capture manager; log records are then
+    printed above the bars and pytest's per-test letters are left out."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    stream = TerminalStream(capman.global_and_fixture_disabled) if capman is not None else None
+    state.progress = Progress(state.progress_mode, stream)
+    if state.progress_mode != "bar":
+        return
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None:
+        reporter.showfspath = False
+    if config.getoption("log_cli_level") is None and not config.getini("log_cli"):
+        handler = BarLogHandler(state.progress)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+        LOG.addHandler(handler)
+        state.bar_log_handler = handler
 
 
 def _request_stop(session: pytest.Session, signal_name: str) -> None:
@@ -275,8 +318,14 @@ def _request_stop(session: pytest.Session, signal_name: str) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is not None and state.stopper is not None:
+    if state is None:
+        return
+    if state.stopper is not None:
         state.stopper.restore()
+    state.progress.close()
+    if state.bar_log_handler is not None:
+        LOG.removeHandler(state.bar_log_handler)
+        state.bar_log_handler = None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -297,7 +346,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not case_items:
         return
     deselected = _deselect_done(state, config, items) if state.resume else 0
-    if state.writes_rows:
+    if not state.writes_rows:
+        _worker_log_file(state, config)
+    else:
+        state.progress.start(len([item for item in items if _case_of(item) is not None]))
         _prepare(state, config)
         assert state.manifest is not None
         state.manifest.counts.planned = sum(1 for item in items if _case_of(item) is not None)
@@ -323,6 +375,14 @@ def _deselect_done(state: RunState, config: pytest.Config, items: list[pytest.It
     else:
         LOG.info("resume: %d cases already done in %s, %d to run", len(drop), state.output_dir, left)
     return len(drop)
+
+
+def _worker_log_file(state: RunState, config: pytest.Config) -> None:
+    """An xdist worker logs to its own file (`benchmark-gw0.log`, ...) beside the run's log."""
+    logging_plugin = config.pluginmanager.get_plugin("logging-plugin")
+    workerid = getattr(config, "workerinput", {}).get("workerid", "worker")
+    if logging_plugin is not None and config.getoption("log_file") is None and not config.getini("log_file"):
+        logging_plugin.set_log_path(str(state.output_dir / f"benchmark-{workerid}.log"))
 
 
 def _prepare(state: RunState, config: pytest.Config) -> None:
@@ -383,10 +443,16 @@ class RowSink:
         self.gate_lines: list[str] = []
         self.case_ids = {case.case_id for case in state.cases}
 
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        if self._is_case(nodeid):
+            self.state.progress.case_started(_case_id_of(nodeid))
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         row = _row_of(report)
         if row is not None and report.when in ("call", "setup"):
             self._append(row)
+        if self._is_case(report.nodeid) and (report.when == "call" or (report.when == "setup" and not report.passed)):
+            self.state.progress.case_finished(report.outcome)
         if report.skipped and report.when in ("setup", "call") and self._is_case(report.nodeid):
             LOG.info("case %s: skipped: %s", report.nodeid, _skip_reason(report))
             if self.state.manifest is not None:
@@ -395,7 +461,7 @@ class RowSink:
     def _is_case(self, nodeid: str) -> bool:
         """A benchmark case's node id ends in `[<case id>]` (works on the xdist controller,
         which does not collect)."""
-        return nodeid.endswith("]") and nodeid.rsplit("[", 1)[-1][:-1] in self.case_ids
+        return nodeid.endswith("]") and _case_id_of(nodeid) in self.case_ids
 
     def _append(self, row: dict[str, object]) -> None:
         _prepare(self.state, self.config)
@@ -414,6 +480,7 @@ class RowSink:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.state.progress.close()
         if not self.state.prepared or self.state.manifest is None:
             return
         if self.state.interrupted_by is not None:
@@ -476,6 +543,23 @@ class RowSink:
             )
 
 
+def _case_id_of(nodeid: str) -> str:
+    return nodeid.rsplit("[", 1)[-1][:-1]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """With progress bars, pytest's per-test letters and words would land on the bars:
+    keep the outcome category (for the summary counts), drop the letter and the word."""
+    result = yield
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or state.progress_mode != "bar" or not isinstance(result, tuple) or len(result) != 3:
+        return result
+    if not report.nodeid.endswith("]") or _case_id_of(report.nodeid) not in {c.case_id for c in state.cases}:
+        return result
+    return (result[0], "", "")
+
+
 def _xdist_active(config: pytest.Config) -> bool:
     return bool(getattr(config.option, "dist", "no") != "no" or hasattr(config, "workerinput"))
 
@@ -484,6 +568,36 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     state = config.stash.get(STATE_KEY, None)
     if state is not None:
         machine_info["dllm_bench"] = state.environment()
+
+
+class XdistController:
+    """Controller-side xdist hooks, registered only when xdist is installed: hand the
+    output directory to the workers and start the run when the first worker has
+    collected (the controller itself does not collect)."""
+
+    def __init__(self, state: RunState, config: pytest.Config) -> None:
+        self.state = state
+        self.config = config
+        self.started = False
+        self.case_ids = {case.case_id for case in state.cases}
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["dllm_output_dir"] = str(self.state.output_dir)
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.started:
+            return
+        selected = [nodeid for nodeid in ids if nodeid.endswith("]") and _case_id_of(nodeid) in self.case_ids]
+        if not selected:
+            return
+        self.started = True
+        _prepare(self.state, self.config)
+        assert self.state.manifest is not None
+        self.state.manifest.counts.planned = len(selected)
+        if self.state.resume:
+            done = completed_keys(previous_rows(self.state.output_dir))
+            self.state.manifest.counts.deselected = len([c for c in self.state.cases if case_key(c) in done])
+        self.state.progress.start(len(selected))
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
@@ -516,13 +630,16 @@ class CaseRunner:
     models: ModelCache
     allow_oom: bool
     environment: dict[str, str]
+    progress: Progress
 
     def run(self, case: Case) -> dict[str, object]:
         LOG.info("case %s: start", case.case_id)
         loaded = None
+        inner = self.progress.case_bar(forwards_per_call(case), case.warmup_rounds, case.measured_rounds)
         try:
-            loaded = self.models.get(case.model)
-            row = run_case(case, loaded, self._measure(case))
+            with self.progress.loading(case.model.name) if not self.models.is_loaded(case.model) else nullcontext():
+                loaded = self.models.get(case.model)
+            row = run_case(case, loaded, self._measure(case), inner)
         except torch.cuda.OutOfMemoryError as exc:
             self._failed(case, error_row(case, loaded, exc, status="oom"), exc)
             release_memory()
@@ -536,6 +653,8 @@ class CaseRunner:
             self._failed(case, error_row(case, loaded, exc), exc)
             release_memory()
             raise
+        finally:
+            inner.close()
         self._attach(row)
         LOG.info(
             "case %s: done, mean %s s, %s tokens/s, nfe %s",
@@ -556,18 +675,28 @@ class CaseRunner:
         if self.benchmark is not None and getattr(self.benchmark, "enabled", False):
             self.benchmark.extra_info.update({k: v for k, v in row.items() if v not in (None, "")})
 
-    def _measure(self, case: Case) -> Callable[[Callable[[], torch.Tensor], int, int], list[float]]:
+    def _measure(self, case: Case) -> Measure:
         bench = self.benchmark
         if bench is None or not getattr(bench, "enabled", False):
+            if bench is not None:
+                # Disabled (--benchmark-disable, xdist): a no-op call tells pytest-benchmark the
+                # fixture was used on purpose; the suite measures with its own timer.
+                bench.pedantic(_no_op)
             return measure_with_own_timer
         bench.group = f"p{case.prompt_length}-g{case.gen_length}-b{case.batch_size}"
 
-        def measure(call: Callable[[], torch.Tensor], warmup_rounds: int, measured_rounds: int) -> list[float]:
-            # The suite runs (and profiles) the warm-up itself; warmup_rounds is 0 here.
-            bench.pedantic(call, rounds=measured_rounds, warmup_rounds=warmup_rounds, iterations=1)
+        def measure(
+            call: Callable[[], torch.Tensor], measured_rounds: int, before_round: Callable[[], None]
+        ) -> list[float]:
+            # The suite runs (and profiles) the warm-up itself; `setup` runs untimed.
+            bench.pedantic(call, setup=before_round, rounds=measured_rounds, warmup_rounds=0, iterations=1)
             return list(bench.stats.stats.data)
 
         return measure
+
+
+def _no_op() -> None:
+    """Nothing to do."""
 
 
 def release_memory() -> None:
@@ -585,4 +714,5 @@ def bench(request: pytest.FixtureRequest, benchmark: Any, model_cache: ModelCach
         models=model_cache,
         allow_oom=dllm_state.allow_oom,
         environment=dllm_state.environment(),
+        progress=dllm_state.progress,
     )

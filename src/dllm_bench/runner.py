@@ -17,6 +17,7 @@ import torch
 
 from dllm_bench.cases import Case
 from dllm_bench.models.loader import LoadedModel
+from dllm_bench.progress import CaseProgress
 from dllm_bench.prompts import make_prompt
 from dllm_bench.sampling.llada import generate
 from dllm_bench.timing import LatencyStats, synchronized_timer, time_rounds
@@ -24,12 +25,15 @@ from dllm_bench.trackers import EnergyRecord, EnergyTracker, MemoryRecord, Memor
 
 LOG = logging.getLogger("dllm_bench.runner")
 
-# Runs `call` for the case's warm-up and measured rounds and returns the measured durations.
-Measure = Callable[[Callable[[], torch.Tensor], int, int], list[float]]
+# Times `call` for the case's measured rounds (running `before_round` untimed before each
+# call) and returns the durations. The warm-up is run by `run_case` itself.
+Measure = Callable[[Callable[[], torch.Tensor], int, Callable[[], None]], list[float]]
 
 
-def measure_with_own_timer(call: Callable[[], torch.Tensor], warmup_rounds: int, measured_rounds: int) -> list[float]:
-    return time_rounds(call, warmup_rounds=warmup_rounds, measured_rounds=measured_rounds)
+def measure_with_own_timer(
+    call: Callable[[], torch.Tensor], measured_rounds: int, before_round: Callable[[], None]
+) -> list[float]:
+    return time_rounds(call, warmup_rounds=0, measured_rounds=measured_rounds, before_round=before_round)
 
 
 @dataclass
@@ -203,19 +207,29 @@ def tokens_until_eos(generated: torch.Tensor, eos_ids: Sequence[int], *, length:
     return int(first.sum().item())
 
 
-def run_case(case: Case, loaded: LoadedModel, measure: Measure = measure_with_own_timer) -> dict[str, object]:
+def run_case(
+    case: Case,
+    loaded: LoadedModel,
+    measure: Measure = measure_with_own_timer,
+    progress: CaseProgress | None = None,
+) -> dict[str, object]:
     """Measure one case and return its complete row."""
     recorder = CallRecorder()
+    progress = progress or CaseProgress(None, 0, 0, 0)
     prompt = case_prompt(case, loaded)
     call = make_call(case, loaded, prompt, recorder)
-    profile = _warm_up(loaded, call, case.warmup_rounds)
-    hook = loaded.model.register_forward_hook(recorder.count_forward)
-    recorder.forwards = recorder.calls = 0
+    progress_hook = loaded.model.register_forward_hook(progress.forward)
     try:
-        with MemoryTracker(loaded.device) as memory, EnergyTracker(loaded.device) as energy:
-            durations = measure(call, 0, case.measured_rounds)
+        profile = _warm_up(loaded, call, case.warmup_rounds, progress.round_started)
+        count_hook = loaded.model.register_forward_hook(recorder.count_forward)
+        recorder.forwards = recorder.calls = 0
+        try:
+            with MemoryTracker(loaded.device) as memory, EnergyTracker(loaded.device) as energy:
+                durations = measure(call, case.measured_rounds, progress.round_started)
+        finally:
+            count_hook.remove()
     finally:
-        hook.remove()
+        progress_hook.remove()
     check_output(case, loaded, recorder.last_output)
     row = case_row(case, loaded)
     stats = LatencyStats.from_durations(durations)
@@ -230,11 +244,22 @@ def run_case(case: Case, loaded: LoadedModel, measure: Measure = measure_with_ow
     return row
 
 
-def _warm_up(loaded: LoadedModel, call: Callable[[], torch.Tensor], rounds: int) -> ForwardProfile | None:
+def forwards_per_call(case: Case) -> int:
+    """Forward passes one generate call makes: LLaDA steps, or one per new AR token."""
+    return case.steps if case.kind == "llada" and case.steps else case.gen_length
+
+
+def _warm_up(
+    loaded: LoadedModel, call: Callable[[], torch.Tensor], rounds: int, before_round: Callable[[], None]
+) -> ForwardProfile | None:
     """Untimed warm-up calls; the last one is profiled per forward pass."""
     for _ in range(rounds - 1):
+        before_round()
         call()
-    return profile_call(loaded.model, call) if rounds > 0 else None
+    if rounds == 0:
+        return None
+    before_round()
+    return profile_call(loaded.model, call)
 
 
 def _latency_fields(stats: LatencyStats) -> dict[str, object]:

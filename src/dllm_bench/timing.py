@@ -26,12 +26,23 @@ def synchronized_timer() -> float:
     return time.perf_counter()
 
 
-def time_rounds(call: Callable[[], object], *, warmup_rounds: int, measured_rounds: int) -> list[float]:
-    """Run `call` untimed `warmup_rounds` times, then time `measured_rounds` calls."""
+def time_rounds(
+    call: Callable[[], object],
+    *,
+    warmup_rounds: int,
+    measured_rounds: int,
+    before_round: Callable[[], None] | None = None,
+) -> list[float]:
+    """Run `call` untimed `warmup_rounds` times, then time `measured_rounds` calls.
+    `before_round` runs before every call, outside the timed region."""
     for _ in range(warmup_rounds):
+        if before_round is not None:
+            before_round()
         call()
     durations = []
     for _ in range(measured_rounds):
+        if before_round is not None:
+            before_round()
         start = synchronized_timer()
         call()
         durations.append(synchronized_timer() - start)

@@ -185,5 +185,8 @@ class ModelCache:
                 raise
         return self._models[spec]
 
+    def is_loaded(self, spec: ModelSpec) -> bool:
+        return spec in self._models
+
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())

@@ -1,0 +1,155 @@
+"""Progress: tqdm bars on a terminal (tested under a pseudo-terminal), progress lines in
+logs without one, the controller's counts under xdist, and no redraw in timed rounds."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import logging
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+from tqdm import tqdm
+
+from dllm_bench.progress import CaseProgress, Progress, choose_mode
+from tests.helpers import BENCH_TEST_FILE, tiny_config, write_config
+
+
+def test_choose_mode() -> None:
+    assert choose_mode("auto", is_tty=True, is_worker=False) == "bar"
+    assert choose_mode("auto", is_tty=False, is_worker=False) == "log"
+    assert choose_mode("bar", is_tty=False, is_worker=False) == "bar"
+    assert choose_mode("bar", is_tty=True, is_worker=True) == "off"
+    assert choose_mode("off", is_tty=True, is_worker=False) == "off"
+
+
+def test_inner_bar_never_draws_during_a_timed_round() -> None:
+    stream = io.StringIO()
+    bar = tqdm(total=30, file=stream, mininterval=0, miniters=1)
+    inner = CaseProgress(bar, forwards_per_call=10, warmup_rounds=1, measured_rounds=2)
+    inner.round_started()  # warm-up: draws as it goes
+    before = len(stream.getvalue())
+    for _ in range(10):
+        inner.forward()
+    assert len(stream.getvalue()) > before
+    inner.round_started()  # first measured round: one redraw here, between rounds
+    drawn = len(stream.getvalue())
+    for _ in range(10):
+        inner.forward()
+    assert len(stream.getvalue()) == drawn, "no output while a round is timed"
+    assert bar.n == 20
+    inner.round_started()
+    assert len(stream.getvalue()) > drawn
+    inner.close()
+
+
+def test_log_mode_logs_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
+    progress = Progress("log")
+    with caplog.at_level(logging.INFO, logger="dllm_bench.progress"):
+        progress.start(20)
+        for index in range(20):
+            progress.case_finished("failed" if index == 3 else "passed")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "progress: 0/20 cases"
+    assert any(line.startswith("progress: 2/20 cases (0 failed, 0 skipped), elapsed 0:00:0") for line in lines)
+    assert lines[-1].startswith("progress: 20/20 cases (1 failed, 0 skipped)")
+    assert len(lines) == 11  # the start, then every 10% of the cases
+
+
+def _run_in_pty(project: Path, *args: str) -> tuple[int, str]:
+    """Run pytest with stdout and stderr on a pseudo-terminal of 160 x 40; return the text."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160", "LINES": "40"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", *args],
+        cwd=project,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=300), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.fixture
+def project(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
+    (tmp_path / "test_bench.py").write_text(BENCH_TEST_FILE, encoding="utf-8")
+    write_config(tmp_path, tiny_config())
+    return tmp_path
+
+
+def _screen_lines(text: str) -> list[str]:
+    """What a terminal keeps: each carriage return starts the line over."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return [segment for line in plain.split("\n") for segment in [line.split("\r")[-1]] if segment.strip()]
+
+
+def test_bars_on_a_terminal(project: Path) -> None:
+    code, text = _run_in_pty(project, "--output-dir", "out")
+    assert code == 0, text[-3000:]
+    assert re.search(r"cases: 100%\|[^|]*\| 3/3", text), text[-3000:]
+    assert re.search(r"(warm-up 1/1|round \d/2):", text), "the inner bar of a running case"
+    assert "tiny-llada-p8-g8-b2-s4-k8" in text
+    lines = _screen_lines(text)
+    # Log records are printed above the bars, each on a line of its own.
+    done = [line for line in lines if "case tiny-llada-p8-g8-b2-s8-k8: done" in line]
+    assert done and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - dllm_bench - INFO - case", d) for d in done)
+    # pytest's per-test letters are not written onto the bar's line.
+    assert not any(re.search(r"test_bench\.py \.+", line) for line in lines)
+    assert "case tiny-llada-p8-g8-b2-s8-k8: done" in (project / "out" / "benchmark.log").read_text()
+    assert "3 passed" in text
+
+
+def test_progress_lines_without_a_terminal(project: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", "--output-dir", "out"],
+        cwd=project,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    output = result.stdout + result.stderr
+    assert "progress: 3/3 cases (0 failed, 0 skipped)" in output
+    assert "\r" not in output, "no carriage returns in a log"
+    assert "progress: 3/3 cases" in (project / "out" / "benchmark.log").read_text()
+
+
+def test_controller_counts_under_xdist(project: Path) -> None:
+    code, text = _run_in_pty(project, "--output-dir", "out", "-n", "2")
+    assert code == 0, text[-3000:]
+    assert re.search(r"cases: 100%\|[^|]*\| 3/3", text), text[-3000:]
+    log = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", "-n", "2"],
+        cwd=project,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert log.returncode == 0
+    assert "progress: 3/3 cases" in log.stdout + log.stderr
