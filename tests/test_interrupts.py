@@ -83,7 +83,7 @@ def _start(project: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_rows(path: Path, count: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def _wait_rows(path: Path, count: int, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(read_rows(path)) >= count:
@@ -94,7 +94,7 @@ def _wait_rows(path: Path, count: int, proc: subprocess.Popen[bytes], timeout: f
     raise AssertionError(f"no {count} rows in {path} after {timeout} s")
 
 
-def _finish(proc: subprocess.Popen[bytes], timeout: float = 180.0) -> int:
+def _finish(proc: subprocess.Popen[bytes], timeout: float = 600.0) -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -101,7 +101,7 @@ def project(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPat
 
 def _screen_lines(text: str) -> list[str]:
     """What a terminal keeps: each carriage return starts the line over."""
-    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r\n", "\n")
     return [segment for line in plain.split("\n") for segment in [line.split("\r")[-1]] if segment.strip()]
 
 

@@ -635,10 +635,11 @@ class CaseRunner:
     def run(self, case: Case) -> dict[str, object]:
         LOG.info("case %s: start", case.case_id)
         loaded = None
-        inner = self.progress.case_bar(forwards_per_call(case), case.warmup_rounds, case.measured_rounds)
+        inner = None
         try:
             with self.progress.loading(case.model.name) if not self.models.is_loaded(case.model) else nullcontext():
                 loaded = self.models.get(case.model)
+            inner = self.progress.case_bar(forwards_per_call(case), case.warmup_rounds, case.measured_rounds)
             row = run_case(case, loaded, self._measure(case), inner)
         except torch.cuda.OutOfMemoryError as exc:
             self._failed(case, error_row(case, loaded, exc, status="oom"), exc)
@@ -654,7 +655,8 @@ class CaseRunner:
             release_memory()
             raise
         finally:
-            inner.close()
+            if inner is not None:
+                inner.close()
         self._attach(row)
         LOG.info(
             "case %s: done, mean %s s, %s tokens/s, nfe %s",
