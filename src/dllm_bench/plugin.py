@@ -11,6 +11,7 @@ import datetime as dt
 import gc
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,6 +24,7 @@ import torch
 
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import BenchConfig, ConfigError, load_config
+from dllm_bench.devices import PINNED_MARK, visible_gpus
 from dllm_bench.environment import capture_environment
 from dllm_bench.gate import GateError, GateRule, check_gate, load_baseline, parse_gate
 from dllm_bench.manifest import Manifest, final_status, utc_now, write_manifest
@@ -30,8 +32,17 @@ from dllm_bench.models.loader import ModelCache, ModelLoadError, unknown_arch_ke
 from dllm_bench.outputs import OutputDirError, new_run_dir, prepare_output_dir, refuse_existing_results
 from dllm_bench.progress import MODES, BarLogHandler, Progress, TerminalStream, choose_mode
 from dllm_bench.results import FINAL_CSV, PARTIAL_CSV, append_row, read_rows, write_rows_atomic
-from dllm_bench.resume import case_key, completed_keys, latest_per_case, newest_run_dir, previous_rows
+from dllm_bench.resume import (
+    case_key,
+    completed_keys,
+    latest_per_case,
+    newest_run_dir,
+    previous_rows,
+    resume_command,
+)
 from dllm_bench.runner import Measure, error_row, forwards_per_call, measure_with_own_timer, run_case
+from dllm_bench.scheduling import ModelScheduling, case_id_of
+from dllm_bench.sharding import assign_shards, parse_shard
 from dllm_bench.signals import GracefulStop
 from dllm_bench.summary import relative_speed_lines, summary_lines
 
@@ -42,6 +53,7 @@ DEFAULT_TIMER = "dllm_bench.timing.synchronized_timer"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOG_NAME = "benchmark.log"
+STOP_FILE = ".stop-requested"
 ROW_PROPERTY = "dllm_bench_row"
 CASE_FIXTURES = {"llada_case": "llada", "baseline_case": "baseline"}
 
@@ -68,6 +80,7 @@ class RunState:
     manifest: Manifest | None = None
     interrupted_by: str | None = None
     stopper: GracefulStop | None = None
+    shard: tuple[int, int] | None = None
     progress_mode: str = "off"
     progress: Progress = field(default_factory=lambda: Progress("off"))
     bar_log_handler: logging.Handler | None = None
@@ -129,6 +142,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="raw_metrics.csv (or a run directory) that --gate compares against",
     )
     group.addoption(
+        "--shard",
+        dest="dllm_shard",
+        default=None,
+        metavar="I/K",
+        help="run only shard I (0-based) of K cost-balanced shards of the grid (SLURM job arrays)",
+    )
+    group.addoption(
         "--progress",
         dest="dllm_progress",
         choices=MODES,
@@ -157,7 +177,8 @@ def pytest_configure(config: pytest.Config) -> None:
         _check_arch_keys(bench_config)
         output_dir = _output_dir(config, bench_config)
         gates, gate_baseline = _gates(config)
-    except (ConfigError, OutputDirError, GateError) as exc:
+        shard = parse_shard(config.getoption("dllm_shard")) if config.getoption("dllm_shard") else None
+    except (ConfigError, OutputDirError, GateError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     progress_mode = choose_mode(
         config.getoption("dllm_progress"), is_tty=sys.stderr.isatty(), is_worker=hasattr(config, "workerinput")
@@ -176,7 +197,13 @@ def pytest_configure(config: pytest.Config) -> None:
         gates=gates,
         gate_baseline=gate_baseline,
         progress_mode=progress_mode,
+        shard=shard,
     )
+    _xdist_defaults(config)
+    state = config.stash[STATE_KEY]
+    if state.writes_rows and config.pluginmanager.hasplugin("xdist"):
+        # Registered now: xdist configures its workers during session start.
+        config.pluginmanager.register(XdistController(state, config), "dllm-bench-xdist")
 
 
 def _gates(config: pytest.Config) -> tuple[list[GateRule], list[dict[str, str]]]:
@@ -188,6 +215,30 @@ def _gates(config: pytest.Config) -> tuple[list[GateRule], list[dict[str, str]]]
     if baseline_path is None:
         raise GateError("--gate needs --gate-baseline PATH (a raw_metrics.csv or a run directory)")
     return [parse_gate(spec) for spec in specs], load_baseline(Path(baseline_path))
+
+
+def _xdist_defaults(config: pytest.Config) -> None:
+    """With -n: schedule by model group unless the user chose --dist; pin each worker to
+    its own GPU."""
+    if getattr(config.option, "dist", "no") == "load" and not _dist_given(config.invocation_params.args):
+        config.option.dist = "loadgroup"
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and os.environ.get(PINNED_MARK):
+        LOG.info("xdist worker %s uses GPU %s", workerinput["workerid"], os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _dist_given(args: tuple[str, ...] | list[str]) -> bool:
+    return any(arg == "--dist" or arg.startswith("--dist=") or arg == "-d" for arg in args)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto`: one worker per visible GPU; on a CPU-only machine, half the cores (at most 4)."""
+    if config.stash.get(STATE_KEY, None) is None:
+        return None
+    gpus = visible_gpus(os.environ)
+    if gpus:
+        return len(gpus)
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def _default_benchmark_timer(config: pytest.Config) -> None:
@@ -280,13 +331,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     state = session.config.stash.get(STATE_KEY, None)
     if state is None:
         return
-    state.stopper = GracefulStop(lambda name: _request_stop(session, name))
+    state.stopper = GracefulStop(lambda name: _request_stop(session, state, name))
     state.stopper.install()
     _start_progress(state, session.config)
     if state.writes_rows:
         session.config.pluginmanager.register(RowSink(state, session.config), "dllm-bench-rows")
-        if session.config.pluginmanager.hasplugin("xdist"):
-            session.config.pluginmanager.register(XdistController(state, session.config), "dllm-bench-xdist")
 
 
 def _start_progress(state: RunState, config: pytest.Config) -> None:
@@ -307,13 +356,29 @@ def _start_progress(state: RunState, config: pytest.Config) -> None:
         state.bar_log_handler = handler
 
 
-def _request_stop(session: pytest.Session, signal_name: str) -> None:
-    """Stop between cases: the session's flag, and xdist's controller flag when present."""
+def _request_stop(session: pytest.Session, state: RunState, signal_name: str) -> None:
+    """Stop between cases: the session's flag, and under xdist the controller's flag and
+    a stop file that every worker checks after each case (a signal sent to the
+    controller alone does not reach the workers, which would run all their queued cases)."""
     reason = f"received {signal_name}: stopped after the running case"
     session.shouldstop = reason
     dsession = session.config.pluginmanager.getplugin("dsession")
     if dsession is not None:
         dsession.shouldstop = reason
+        if state.prepared:
+            (state.output_dir / STOP_FILE).write_text(reason + "\n", encoding="utf-8")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """An xdist worker stops after this case when the controller asked for a stop."""
+    result = yield
+    state = item.config.stash.get(STATE_KEY, None)
+    if state is not None and not state.writes_rows and not item.session.shouldstop:
+        stop_file = state.output_dir / STOP_FILE
+        if stop_file.exists():
+            item.session.shouldstop = stop_file.read_text(encoding="utf-8").strip() or "stop requested"
+    return result
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -340,20 +405,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or config.option.collectonly:
+    if state is None or not any(_case_of(item) is not None for item in items):
         return
-    case_items = [item for item in items if _case_of(item) is not None]
-    if not case_items:
+    if state.shard:
+        _deselect_other_shards(state, config, items)
+    already_done = _deselect_done(state, config, items) if state.resume else 0
+    if config.option.collectonly:
         return
-    deselected = _deselect_done(state, config, items) if state.resume else 0
+    planned = len([item for item in items if _case_of(item) is not None])
     if not state.writes_rows:
         _worker_log_file(state, config)
-    else:
-        state.progress.start(len([item for item in items if _case_of(item) is not None]))
-        _prepare(state, config)
-        assert state.manifest is not None
-        state.manifest.counts.planned = sum(1 for item in items if _case_of(item) is not None)
-        state.manifest.counts.deselected = deselected
+        return
+    state.progress.start(planned)
+    _prepare(state, config)
+    assert state.manifest is not None
+    state.manifest.counts.planned = planned
+    state.manifest.counts.deselected = already_done
+
+
+def _deselect_other_shards(state: RunState, config: pytest.Config, items: list[pytest.Item]) -> int:
+    assert state.shard is not None
+    index, count = state.shard
+    assignment = assign_shards(state.cases, count)
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        case = _case_of(item)
+        (drop if case is not None and assignment[case.case_id] != index else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    LOG.info("shard %d/%d: %d cases here, %d in other shards", index, count, len(keep), len(drop))
+    return len(drop)
 
 
 def _deselect_done(state: RunState, config: pytest.Config, items: list[pytest.Item]) -> int:
@@ -394,6 +477,7 @@ def _prepare(state: RunState, config: pytest.Config) -> None:
         prepare_output_dir(state.output_dir)
     except OutputDirError as exc:
         raise pytest.UsageError(str(exc)) from None
+    (state.output_dir / STOP_FILE).unlink(missing_ok=True)
     logging_plugin = config.pluginmanager.get_plugin("logging-plugin")
     if logging_plugin is not None and config.getoption("log_file") is None and not config.getini("log_file"):
         logging_plugin.set_log_path(str(state.output_dir / LOG_NAME))
@@ -445,7 +529,7 @@ class RowSink:
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         if self._is_case(nodeid):
-            self.state.progress.case_started(_case_id_of(nodeid))
+            self.state.progress.case_started(case_id_of(nodeid))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         row = _row_of(report)
@@ -461,7 +545,7 @@ class RowSink:
     def _is_case(self, nodeid: str) -> bool:
         """A benchmark case's node id ends in `[<case id>]` (works on the xdist controller,
         which does not collect)."""
-        return nodeid.endswith("]") and _case_id_of(nodeid) in self.case_ids
+        return "[" in nodeid and case_id_of(nodeid) in self.case_ids
 
     def _append(self, row: dict[str, object]) -> None:
         _prepare(self.state, self.config)
@@ -483,6 +567,7 @@ class RowSink:
         self.state.progress.close()
         if not self.state.prepared or self.state.manifest is None:
             return
+        (self.state.output_dir / STOP_FILE).unlink(missing_ok=True)
         if self.state.interrupted_by is not None:
             LOG.warning("run interrupted by %s; saving the finished cases", self.state.interrupted_by)
         rows = [dict(row) for row in latest_per_case(read_rows(self.state.output_dir / PARTIAL_CSV))]
@@ -537,14 +622,10 @@ class RowSink:
             f"{counts.deselected} already done; results in {out / FINAL_CSV}, log {out / LOG_NAME}"
         )
         if self.state.manifest.status == "interrupted":
-            resume = " ".join(["pytest", *self.config.invocation_params.args, "--resume", "--output-dir", str(out)])
+            resume = shlex.join(resume_command(self.config.invocation_params.args, out))
             terminalreporter.write_line(
                 f"dllm-bench: interrupted by {self.state.interrupted_by}; resume with: {resume}"
             )
-
-
-def _case_id_of(nodeid: str) -> str:
-    return nodeid.rsplit("[", 1)[-1][:-1]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -555,7 +636,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     state = config.stash.get(STATE_KEY, None)
     if state is None or state.progress_mode != "bar" or not isinstance(result, tuple) or len(result) != 3:
         return result
-    if not report.nodeid.endswith("]") or _case_id_of(report.nodeid) not in {c.case_id for c in state.cases}:
+    if "[" not in report.nodeid or case_id_of(report.nodeid) not in {c.case_id for c in state.cases}:
         return result
     return (result[0], "", "")
 
@@ -581,13 +662,19 @@ class XdistController:
         self.started = False
         self.case_ids = {case.case_id for case in state.cases}
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        return ModelScheduling(config, log, self.state.cases)
+
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["dllm_output_dir"] = str(self.state.output_dir)
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         if self.started:
             return
-        selected = [nodeid for nodeid in ids if nodeid.endswith("]") and _case_id_of(nodeid) in self.case_ids]
+        selected = [nodeid for nodeid in ids if "[" in nodeid and case_id_of(nodeid) in self.case_ids]
         if not selected:
             return
         self.started = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from dllm_bench.cases import Case
@@ -76,3 +76,21 @@ def newest_run_dir(results_root: Path, config_stem: str) -> Path | None:
         if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix) :][:1].isdigit() and holds_results(p)
     ]
     return max(runs, key=lambda p: (p.stat().st_mtime, p.name), default=None)
+
+
+def resume_command(args: Sequence[str], output_dir: Path) -> list[str]:
+    """The pytest command line that resumes a run: the same arguments, with
+    `--resume --output-dir DIR` instead of any earlier --resume / --output-dir."""
+    kept: list[str] = []
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg == "--output-dir":
+            skip_next = True
+            continue
+        if arg.startswith("--output-dir=") or arg == "--resume":
+            continue
+        kept.append(arg)
+    return ["pytest", *kept, "--resume", "--output-dir", str(output_dir)]
