@@ -29,7 +29,18 @@ def test_every_config_key_is_documented(key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "option", ["--config", "--output-dir", "--resume", "--allow-oom", "--gate", "--gate-baseline", "--model-cache-dir"]
+    "option",
+    [
+        "--config",
+        "--output-dir",
+        "--resume",
+        "--allow-oom",
+        "--gate",
+        "--gate-baseline",
+        "--shard",
+        "--progress",
+        "--model-cache-dir",
+    ],
 )
 def test_every_option_is_documented(option: str) -> None:
     assert f"| `{option}" in README
