@@ -91,6 +91,20 @@ def _run_in_pty(project: Path, *args: str) -> tuple[int, str]:
     return proc.wait(timeout=300), b"".join(chunks).decode("utf-8", "replace")
 
 
+def _run_without_terminal(project: Path, *args: str) -> tuple[int, str]:
+    """Run pytest with its output in pipes (as in CI); return the exit code and the text."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", *args],
+        cwd=project,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
 @pytest.fixture
 def project(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
@@ -122,17 +136,8 @@ def test_bars_on_a_terminal(project: Path) -> None:
 
 
 def test_progress_lines_without_a_terminal(project: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", "--output-dir", "out"],
-        cwd=project,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    output = result.stdout + result.stderr
+    code, output = _run_without_terminal(project, "--output-dir", "out")
+    assert code == 0, output[-3000:]
     assert "progress: 3/3 cases (0 failed, 0 skipped)" in output
     assert "\r" not in output, "no carriage returns in a log"
     assert "progress: 3/3 cases" in (project / "out" / "benchmark.log").read_text()
@@ -142,14 +147,6 @@ def test_controller_counts_under_xdist(project: Path) -> None:
     code, text = _run_in_pty(project, "--output-dir", "out", "-n", "2")
     assert code == 0, text[-3000:]
     assert re.search(r"cases: 100%\|[^|]*\| 3/3", text), text[-3000:]
-    log = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", "-n", "2"],
-        cwd=project,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert log.returncode == 0
-    assert "progress: 3/3 cases" in log.stdout + log.stderr
+    code, output = _run_without_terminal(project, "-n", "2")
+    assert code == 0
+    assert "progress: 3/3 cases" in output
