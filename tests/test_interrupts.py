@@ -8,6 +8,7 @@ rows are on disk, sends the signal, and then checks the files and a `--resume` r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -25,6 +26,7 @@ from dllm_bench.results import COLUMN_NAMES, read_rows
 from tests.helpers import BENCH_TEST_FILE, TINY_LLADA_ARCH, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
+LOG = logging.getLogger(__name__)
 
 SLOW_ARCH = {**TINY_LLADA_ARCH, "d_model": 128, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 256}
 STEPS = (32, 64)
@@ -219,6 +221,11 @@ def test_sigkill_at_random_moments_loses_no_finished_row(project: Path) -> None:
         ids = Counter(row["case_id"] for row in read_rows(out / "raw_metrics_partial.csv"))
         assert max(ids.values()) == 1, "no case recorded twice"
     assert kills >= 3
+    LOG.info(
+        "SIGKILL: %d kills, %d rows on disk before the final resume",
+        kills,
+        len(read_rows(out / "raw_metrics_partial.csv")),
+    )
     _resume_to_completion(project, _case_ids(steps))
 
 
