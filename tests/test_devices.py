@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dllm_bench.devices import PINNED_MARK, pin_worker_gpu, visible_gpus, worker_index
+from dllm_bench.devices import PINNED_MARK, pin_worker_gpu, visible_gpus, worker_index, worker_threads
 
 
 def test_visible_gpus_respects_cuda_visible_devices() -> None:
@@ -45,3 +45,9 @@ def test_cases_are_grouped_by_model_and_spread_over_idle_workers() -> None:
     four = case_groups(cases, workers=4)
     assert {four[c.case_id] for c in cases if c.kind == "llada"} == {"tiny-llada#0", "tiny-llada#1"}
     assert case_id_of("b/test_x.py::test_llada[tiny-llada-p8-g8-b2-s4-k8]@grp") == "tiny-llada-p8-g8-b2-s4-k8"
+
+
+def test_cpu_workers_share_the_cores() -> None:
+    assert worker_threads(16, 4) == 4
+    assert worker_threads(2, 2) == 1
+    assert worker_threads(2, 4) == 1

@@ -24,7 +24,7 @@ import torch
 
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import BenchConfig, ConfigError, load_config
-from dllm_bench.devices import PINNED_MARK, visible_gpus
+from dllm_bench.devices import PINNED_MARK, visible_gpus, worker_threads
 from dllm_bench.environment import capture_environment
 from dllm_bench.gate import GateError, GateRule, check_gate, load_baseline, parse_gate
 from dllm_bench.manifest import Manifest, final_status, utc_now, write_manifest
@@ -225,6 +225,12 @@ def _xdist_defaults(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and os.environ.get(PINNED_MARK):
         LOG.info("xdist worker %s uses GPU %s", workerinput["workerid"], os.environ.get("CUDA_VISIBLE_DEVICES"))
+    elif workerinput is not None and "OMP_NUM_THREADS" not in os.environ:
+        # CPU workers share the cores: torch's default (all cores each) oversubscribes them,
+        # which slows small CPU cases down several times over.
+        threads = worker_threads(os.cpu_count() or 1, int(workerinput.get("workercount", 1)))
+        torch.set_num_threads(threads)
+        LOG.info("xdist worker %s uses %d CPU threads", workerinput["workerid"], threads)
 
 
 def _dist_given(args: tuple[str, ...] | list[str]) -> bool:
