@@ -60,9 +60,11 @@ def measure_case(case: Case, models: ModelCache, rows_file: Path, log: logging.L
     loaded = models.get(case.model)
     clock = CallClock()
     original_llada = runner.generate
-    original_generate = loaded.model.generate
     runner.generate = clock.wrap(original_llada)  # type: ignore[assignment]
-    loaded.model.generate = clock.wrap(original_generate)  # type: ignore[method-assign]
+    baseline = case.kind == "baseline"
+    if baseline:
+        original_generate = loaded.model.generate
+        loaded.model.generate = clock.wrap(original_generate)  # type: ignore[method-assign]
     try:
         start = time.perf_counter()
         row = run_case(case, loaded)
@@ -71,7 +73,8 @@ def measure_case(case: Case, models: ModelCache, rows_file: Path, log: logging.L
         wall = time.perf_counter() - start
     finally:
         runner.generate = original_llada  # type: ignore[assignment]
-        loaded.model.generate = original_generate  # type: ignore[method-assign]
+        if baseline:
+            loaded.model.generate = original_generate  # type: ignore[method-assign]
     measured = float(str(row["latency_mean_s"])) * case.measured_rounds
     return {"wall": wall, "in_generate": clock.inside, "measured": measured}
 
