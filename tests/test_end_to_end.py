@@ -75,3 +75,40 @@ def test_unwritable_output_dir_fails_before_any_model_loads(bench_project: pytes
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "is not writable" in result.stderr.str()
     assert "loaded model" not in result.stdout.str() + result.stderr.str()
+
+
+def test_resume_of_a_finished_grid_runs_nothing_and_says_so(bench_project: pytest.Pytester) -> None:
+    path = write_config(bench_project.path, tiny_config())
+    first = bench_project.runpytest_subprocess("--config", str(path))
+    assert first.ret == pytest.ExitCode.OK
+    (run_dir,) = _run_dirs(bench_project)
+    before = (run_dir / "raw_metrics_partial.csv").read_bytes()
+    # Without --output-dir, --resume takes the newest run of the same config.
+    again = bench_project.runpytest_subprocess("--config", str(path), "--resume")
+    assert again.ret == pytest.ExitCode.OK
+    output = again.stdout.str() + again.stderr.str()
+    assert "all 3 selected cases already have ok rows" in output
+    assert "3 deselected" in output
+    assert _run_dirs(bench_project) == [run_dir]
+    assert (run_dir / "raw_metrics_partial.csv").read_bytes() == before
+
+
+def test_resume_matches_cases_by_parameters_not_position(bench_project: pytest.Pytester) -> None:
+    path = write_config(bench_project.path, tiny_config())
+    first = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "out", "-k", "s4")
+    assert first.ret == pytest.ExitCode.OK
+    # A changed setting makes every case a new one, even with the same ids.
+    write_config(bench_project.path, tiny_config(measured_rounds=3))
+    changed = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "out", "--resume")
+    assert changed.ret == pytest.ExitCode.OK
+    changed.assert_outcomes(passed=3)
+    rows = read_rows(bench_project.path / "out" / "raw_metrics_partial.csv")
+    assert [row["measured_rounds"] for row in rows] == ["2", "3", "3", "3"]
+    # raw_metrics.csv holds the cases of the config that ran; the older row stays in the
+    # partial file only.
+    final = read_rows(bench_project.path / "out" / "raw_metrics.csv")
+    assert sorted((r["case_id"], r["measured_rounds"]) for r in final) == [
+        ("tiny-llada-p8-g8-b2-s4-k8", "3"),
+        ("tiny-llada-p8-g8-b2-s8-k8", "3"),
+        ("tiny-llama-p8-g8-b2", "3"),
+    ]

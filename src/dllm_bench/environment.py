@@ -34,6 +34,8 @@ ENVIRONMENT_COLUMNS: tuple[str, ...] = (
     "host",
     "git_commit",
     "git_dirty",
+    "cuda_visible_devices",
+    "xdist_worker",
 )
 
 GIT_TIMEOUT_S = 5.0
@@ -53,6 +55,8 @@ def capture_environment(repo_dir: Path) -> dict[str, str]:
         "host": socket.gethostname(),
         "git_commit": git_commit,
         "git_dirty": git_dirty,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "xdist_worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
     }
     return {column: values[column] for column in ENVIRONMENT_COLUMNS}
 

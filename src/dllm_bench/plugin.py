@@ -39,6 +39,7 @@ from dllm_bench.resume import (
     newest_run_dir,
     previous_rows,
     resume_command,
+    row_key,
 )
 from dllm_bench.runner import Measure, error_row, forwards_per_call, measure_with_own_timer, run_case
 from dllm_bench.scheduling import ModelScheduling, case_id_of
@@ -576,7 +577,11 @@ class RowSink:
         (self.state.output_dir / STOP_FILE).unlink(missing_ok=True)
         if self.state.interrupted_by is not None:
             LOG.warning("run interrupted by %s; saving the finished cases", self.state.interrupted_by)
-        rows = [dict(row) for row in latest_per_case(read_rows(self.state.output_dir / PARTIAL_CSV))]
+        # The latest row of each case of this config (a resumed directory may also hold
+        # rows of an earlier, changed config: they stay in the partial file only).
+        grid = {case_key(case) for case in self.state.cases}
+        partial = read_rows(self.state.output_dir / PARTIAL_CSV)
+        rows = [dict(row) for row in latest_per_case(partial) if row_key(row) in grid]
         self.state.final_rows = rows
         final = self.state.output_dir / FINAL_CSV
         write_rows_atomic(final, rows)

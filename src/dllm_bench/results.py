@@ -69,6 +69,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("host", "host name"),
     ("git_commit", "git commit of the suite; empty outside a git checkout"),
     ("git_dirty", "true if the suite's tracked files had uncommitted changes"),
+    ("cuda_visible_devices", "CUDA_VISIBLE_DEVICES of the process that ran the case (an xdist worker's own GPU)"),
+    ("xdist_worker", "the pytest-xdist worker that ran the case (gw0, ...); empty in a serial run"),
     ("timestamp", "UTC time the case finished, ISO 8601"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
