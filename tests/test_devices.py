@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from dllm_bench.cases import expand_cases
+from dllm_bench.config import parse_config
 from dllm_bench.devices import PINNED_MARK, pin_worker_gpu, visible_gpus, worker_index, worker_threads
+from dllm_bench.scheduling import case_groups, case_id_of
+from tests.helpers import tiny_config
 
 
 def test_visible_gpus_respects_cuda_visible_devices() -> None:
@@ -31,13 +37,6 @@ def test_worker_index() -> None:
 
 
 def test_cases_are_grouped_by_model_and_spread_over_idle_workers() -> None:
-    from pathlib import Path
-
-    from dllm_bench.cases import expand_cases
-    from dllm_bench.config import parse_config
-    from dllm_bench.scheduling import case_groups, case_id_of
-    from tests.helpers import tiny_config
-
     cases = expand_cases(parse_config(tiny_config(llada={"steps": [2, 4, 8, 16], "block_length": [8]}), Path("g.yaml")))
     two = case_groups(cases, workers=2)
     assert {two[c.case_id] for c in cases if c.kind == "llada"} == {"tiny-llada#0"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dllm_bench.results import read_rows
+from tests.helpers import BENCH_TEST_FILE
 from tests.test_interrupts import _case_ids, _finish, _manifest, _slow_grid, _start, _wait_rows
 
 pytestmark = pytest.mark.slow
@@ -22,8 +23,6 @@ STEPS = (64, 128)
 
 @pytest.fixture
 def project(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from tests.helpers import BENCH_TEST_FILE
-
     monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
     (tmp_path / "test_bench.py").write_text(BENCH_TEST_FILE, encoding="utf-8")
     _slow_grid(tmp_path, steps=STEPS, measured_rounds=3)
