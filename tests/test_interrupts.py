@@ -121,6 +121,15 @@ def _resume_to_completion(project: Path, case_ids: list[str] = CASE_IDS) -> None
     assert _manifest(out)["status"] == "complete"
 
 
+def _run_until_rows(project: Path, rows: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start the slow grid and return once `rows` cases have their row on disk."""
+    _slow_grid(project)
+    out = project / "out"
+    proc = _start(project)
+    _wait_rows(out / "raw_metrics_partial.csv", rows, proc)
+    return proc, out
+
+
 def _assert_saved(out: Path, signal_name: str) -> list[dict[str, str]]:
     partial = read_rows(out / "raw_metrics_partial.csv")
     final = read_rows(out / "raw_metrics.csv")
@@ -137,10 +146,7 @@ def _assert_saved(out: Path, signal_name: str) -> list[dict[str, str]]:
 
 
 def test_sigterm_stops_after_the_running_case_and_resume_completes(project: Path) -> None:
-    _slow_grid(project)
-    out = project / "out"
-    proc = _start(project)
-    _wait_rows(out / "raw_metrics_partial.csv", 1, proc)
+    proc, out = _run_until_rows(project, 1)
     os.killpg(proc.pid, signal.SIGTERM)
     assert _finish(proc) == pytest.ExitCode.INTERRUPTED
     rows = _assert_saved(out, "SIGTERM")
@@ -156,10 +162,7 @@ def test_sigterm_stops_after_the_running_case_and_resume_completes(project: Path
 
 
 def test_sigusr2_stops_cleanly_like_sigterm(project: Path) -> None:
-    _slow_grid(project)
-    out = project / "out"
-    proc = _start(project)
-    _wait_rows(out / "raw_metrics_partial.csv", 1, proc)
+    proc, out = _run_until_rows(project, 1)
     os.killpg(proc.pid, signal.SIGUSR2)
     assert _finish(proc) == pytest.ExitCode.INTERRUPTED
     _assert_saved(out, "SIGUSR2")
@@ -167,10 +170,7 @@ def test_sigusr2_stops_cleanly_like_sigterm(project: Path) -> None:
 
 
 def test_second_sigterm_interrupts_at_once_and_still_saves(project: Path) -> None:
-    _slow_grid(project)
-    out = project / "out"
-    proc = _start(project)
-    _wait_rows(out / "raw_metrics_partial.csv", 1, proc)
+    proc, out = _run_until_rows(project, 1)
     os.killpg(proc.pid, signal.SIGTERM)
     time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGTERM)
@@ -181,10 +181,7 @@ def test_second_sigterm_interrupts_at_once_and_still_saves(project: Path) -> Non
 
 
 def test_sigint_mid_case_saves_finished_cases(project: Path) -> None:
-    _slow_grid(project)
-    out = project / "out"
-    proc = _start(project)
-    _wait_rows(out / "raw_metrics_partial.csv", 2, proc)
+    proc, out = _run_until_rows(project, 2)
     time.sleep(0.2)  # inside the next case
     os.killpg(proc.pid, signal.SIGINT)
     assert _finish(proc) == pytest.ExitCode.INTERRUPTED
