@@ -85,6 +85,15 @@ class RunState:
     progress_mode: str = "off"
     progress: Progress = field(default_factory=lambda: Progress("off"))
     bar_log_handler: logging.Handler | None = None
+    case_ids: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.case_ids = frozenset(case.case_id for case in self.cases)
+
+    def is_case(self, nodeid: str) -> bool:
+        """A benchmark case's node id ends in `[<case id>]` (also on the xdist controller,
+        which does not collect, and with xdist's `@group` suffix)."""
+        return "[" in nodeid and case_id_of(nodeid) in self.case_ids
 
     def environment(self) -> dict[str, str]:
         """GPU, driver, CUDA, library versions, host and git commit; captured once."""
@@ -430,41 +439,39 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     state.manifest.counts.deselected = already_done
 
 
-def _deselect_other_shards(state: RunState, config: pytest.Config, items: list[pytest.Item]) -> int:
-    assert state.shard is not None
-    index, count = state.shard
-    assignment = assign_shards(state.cases, count)
+def _deselect(config: pytest.Config, items: list[pytest.Item], drop_case: Callable[[Case], bool]) -> int:
+    """Deselect the case items for which `drop_case` is true (reported as deselected)."""
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
         case = _case_of(item)
-        (drop if case is not None and assignment[case.case_id] != index else keep).append(item)
+        (drop if case is not None and drop_case(case) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
-    LOG.info("shard %d/%d: %d cases here, %d in other shards", index, count, len(keep), len(drop))
     return len(drop)
+
+
+def _deselect_other_shards(state: RunState, config: pytest.Config, items: list[pytest.Item]) -> int:
+    assert state.shard is not None
+    index, count = state.shard
+    assignment = assign_shards(state.cases, count)
+    dropped = _deselect(config, items, lambda case: assignment[case.case_id] != index)
+    here = len([item for item in items if _case_of(item) is not None])
+    LOG.info("shard %d/%d: %d cases here, %d in other shards", index, count, here, dropped)
+    return dropped
 
 
 def _deselect_done(state: RunState, config: pytest.Config, items: list[pytest.Item]) -> int:
     """--resume: drop the cases whose latest row in the output directory is ok."""
     done = completed_keys(previous_rows(state.output_dir))
-    keep: list[pytest.Item] = []
-    drop: list[pytest.Item] = []
-    for item in items:
-        case = _case_of(item)
-        (drop if case is not None and case_key(case) in done else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-    left = len([item for item in keep if _case_of(item) is not None])
+    dropped = _deselect(config, items, lambda case: case_key(case) in done)
+    left = len([item for item in items if _case_of(item) is not None])
     if left == 0:
-        LOG.info(
-            "resume: all %d selected cases already have ok rows in %s; nothing to run", len(drop), state.output_dir
-        )
+        LOG.info("resume: all %d selected cases already have ok rows in %s; nothing to run", dropped, state.output_dir)
     else:
-        LOG.info("resume: %d cases already done in %s, %d to run", len(drop), state.output_dir, left)
-    return len(drop)
+        LOG.info("resume: %d cases already done in %s, %d to run", dropped, state.output_dir, left)
+    return dropped
 
 
 def _worker_log_file(state: RunState, config: pytest.Config) -> None:
@@ -532,27 +539,23 @@ class RowSink:
         self.state = state
         self.config = config
         self.gate_lines: list[str] = []
-        self.case_ids = {case.case_id for case in state.cases}
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
-        if self._is_case(nodeid):
+        if self.state.is_case(nodeid):
             self.state.progress.case_started(case_id_of(nodeid))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         row = _row_of(report)
         if row is not None and report.when in ("call", "setup"):
             self._append(row)
-        if self._is_case(report.nodeid) and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        if self.state.is_case(report.nodeid) and (
+            report.when == "call" or (report.when == "setup" and not report.passed)
+        ):
             self.state.progress.case_finished(report.outcome)
-        if report.skipped and report.when in ("setup", "call") and self._is_case(report.nodeid):
+        if report.skipped and report.when in ("setup", "call") and self.state.is_case(report.nodeid):
             LOG.info("case %s: skipped: %s", report.nodeid, _skip_reason(report))
             if self.state.manifest is not None:
                 self.state.manifest.counts.skipped += 1
-
-    def _is_case(self, nodeid: str) -> bool:
-        """A benchmark case's node id ends in `[<case id>]` (works on the xdist controller,
-        which does not collect)."""
-        return "[" in nodeid and case_id_of(nodeid) in self.case_ids
 
     def _append(self, row: dict[str, object]) -> None:
         _prepare(self.state, self.config)
@@ -647,7 +650,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     state = config.stash.get(STATE_KEY, None)
     if state is None or state.progress_mode != "bar" or not isinstance(result, tuple) or len(result) != 3:
         return result
-    if "[" not in report.nodeid or case_id_of(report.nodeid) not in {c.case_id for c in state.cases}:
+    if not state.is_case(report.nodeid):
         return result
     return (result[0], "", "")
 
@@ -671,7 +674,6 @@ class XdistController:
         self.state = state
         self.config = config
         self.started = False
-        self.case_ids = {case.case_id for case in state.cases}
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -685,7 +687,7 @@ class XdistController:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         if self.started:
             return
-        selected = [nodeid for nodeid in ids if "[" in nodeid and case_id_of(nodeid) in self.case_ids]
+        selected = [nodeid for nodeid in ids if self.state.is_case(nodeid)]
         if not selected:
             return
         self.started = True
