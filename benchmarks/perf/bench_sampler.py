@@ -126,27 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompt = torch.randint(0, mask_id, (args.batch, args.prompt_length), device=device)
     steps, gen_length, block_length = args.steps, args.gen_length, args.block_length
 
+    settings = {
+        "steps": steps,
+        "gen_length": gen_length,
+        "block_length": block_length,
+        "temperature": 0.0,
+        "mask_id": mask_id,
+    }
+
     def run_fast() -> torch.Tensor:
-        return generate(
-            model,
-            prompt,
-            steps=steps,
-            gen_length=gen_length,
-            block_length=block_length,
-            temperature=0.0,
-            mask_id=mask_id,
-        )
+        return generate(model, prompt, **settings)
 
     def run_reference() -> torch.Tensor:
-        return generate_reference(
-            model,
-            prompt,
-            steps=steps,
-            gen_length=gen_length,
-            block_length=block_length,
-            temperature=0.0,
-            mask_id=mask_id,
-        )
+        return generate_reference(model, prompt, **settings)
 
     logger.info(
         "device=%s threads=%d vocab=%d d_model=%d layers=%d batch=%d prompt=%d gen=%d steps=%d block=%d runs=%d",
