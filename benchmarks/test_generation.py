@@ -3,7 +3,7 @@ plugin (`dllm_bench.plugin`) parametrizes `llada_case` and `baseline_case` and p
 `bench`, which loads the model once per process, measures and records the row."""
 
 from dllm_bench.cases import Case
-from dllm_bench.plugin import CaseRunner
+from dllm_bench.fixture import CaseRunner
 
 
 def test_llada(llada_case: Case, bench: CaseRunner) -> None:

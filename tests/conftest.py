@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, in the outer process, on purpose: pytester's in-process runs restore
+# sys.modules after each run, and torch (which the suite's fixtures import) cannot be
+# imported a second time into one process.
+import dllm_bench.fixture  # noqa: F401
 from tests.helpers import BENCH_TEST_FILE
 
 
@@ -22,3 +26,13 @@ def bench_project(pytester: pytest.Pytester, model_cache_dir: Path, monkeypatch:
     monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
     pytester.makepyfile(test_bench=BENCH_TEST_FILE)
     return pytester
+
+
+@pytest.fixture
+def project(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with the benchmark test file, for tests that start `python -m pytest`
+    themselves (real signals, real processes); see `tests.helpers.start_pytest`."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
+    (tmp_path / "test_bench.py").write_text(BENCH_TEST_FILE, encoding="utf-8")
+    return tmp_path

@@ -1,10 +1,21 @@
-"""Helpers shared by the suite's own tests: tiny configs and the benchmark test file."""
+"""Helpers shared by the suite's own tests: tiny configs, the benchmark test file, and
+running `python -m pytest` as a real process (real signals, real files)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from dllm_bench.rows import Row
+from dllm_bench.sinks.csvfiles import read_results
 
 TINY_LLADA_ARCH = {
     "d_model": 32,
@@ -32,10 +43,19 @@ TINY_LLAMA_ARCH = {
     "bos_token_id": 253,
     "max_position_embeddings": 256,
 }
+# Big enough that a case takes long enough to be interrupted, small enough for CI.
+SLOW_LLADA_ARCH = {
+    **TINY_LLADA_ARCH,
+    "d_model": 128,
+    "n_heads": 4,
+    "n_kv_heads": 4,
+    "n_layers": 2,
+    "mlp_hidden_size": 256,
+}
 
 BENCH_TEST_FILE = """
 from dllm_bench.cases import Case
-from dllm_bench.plugin import CaseRunner
+from dllm_bench.fixture import CaseRunner
 
 
 def test_llada(llada_case: Case, bench: CaseRunner) -> None:
@@ -46,10 +66,13 @@ def test_baseline(baseline_case: Case, bench: CaseRunner) -> None:
     bench.run(baseline_case)
 """
 
+PARTIAL = "raw_metrics_partial.csv"
+FINAL = "raw_metrics.csv"
 
-def tiny_config(**overrides: object) -> dict[str, object]:
+
+def tiny_config(**overrides: object) -> dict[str, Any]:
     """A grid of tiny models: 2 LLaDA cases (steps 4 and 8) and 1 baseline case."""
-    config: dict[str, object] = {
+    config: dict[str, Any] = {
         "models": [
             {"name": "tiny-llada", "kind": "llada", "source": "random-init", "device": "cpu", "arch": TINY_LLADA_ARCH},
             {
@@ -73,3 +96,104 @@ def write_config(directory: Path, config: object, name: str = "grid.yaml") -> Pa
     path = directory / name
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def rows(path: Path) -> list[Row]:
+    """The rows of a results CSV, typed."""
+    return read_results(path)
+
+
+def manifest(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "run_manifest.json").read_text())
+    return data
+
+
+# --- real pytest processes ---------------------------------------------------------------------
+
+STEPS = (32, 64)
+
+
+def case_ids(steps: tuple[int, ...] = STEPS) -> list[str]:
+    """The ids of `slow_grid`'s cases, sorted."""
+    return sorted(
+        [f"tiny-llada-p16-g64-b{b}-s{s}-k64" for b in (1, 2, 4) for s in steps]
+        + [f"tiny-llama-p16-g64-b{b}" for b in (1, 2, 4)]
+    )
+
+
+def slow_grid(directory: Path, steps: tuple[int, ...] = STEPS, measured_rounds: int = 3) -> Path:
+    """A grid whose cases take long enough to be interrupted: 3 batch sizes x steps, plus AR."""
+    config = tiny_config(
+        grid={"prompt_length": [16], "gen_length": [64], "batch_size": [1, 2, 4]},
+        llada={"steps": list(steps), "block_length": [64]},
+        warmup_rounds=1,
+        measured_rounds=measured_rounds,
+    )
+    config["models"][0]["arch"] = SLOW_LLADA_ARCH
+    return write_config(directory, config)
+
+
+def start_pytest(
+    project: Path, *args: str, output_dir: str = "out", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m pytest --config grid.yaml --output-dir out ARGS` in its own process group,
+    with the default SIGINT handler (a shell's `&` would ignore SIGINT); output goes to
+    project/pytest-output.txt."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    log = (project / "pytest-output.txt").open("ab")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--config",
+            "grid.yaml",
+            "--output-dir",
+            output_dir,
+            *args,
+        ],
+        cwd=project,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_rows(path: Path, count: int, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+    """Return once `path` holds `count` complete rows; fail if pytest ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(read_results(path)) >= count:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"pytest ended (exit {proc.returncode}) before {count} rows were written")
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} rows in {path} after {timeout} s")
+
+
+def wait_for(predicate: Any, proc: subprocess.Popen[bytes], what: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"pytest ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"not {what} after {timeout} s")
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 600.0) -> int:
+    """The exit code; a process still running after `timeout` is killed and the test fails."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def output_of(project: Path) -> str:
+    return (project / "pytest-output.txt").read_text(errors="replace")

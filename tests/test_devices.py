@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dllm_bench.cases import expand_cases
+from dllm_bench.cases import case_id_of, expand_cases
 from dllm_bench.config import parse_config
 from dllm_bench.devices import PINNED_MARK, pin_worker_gpu, visible_gpus, worker_index, worker_threads
-from dllm_bench.scheduling import case_groups, case_id_of
+from dllm_bench.xdist import case_groups
 from tests.helpers import tiny_config
 
 

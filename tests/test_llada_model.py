@@ -466,7 +466,7 @@ def test_writing_twice_does_not_rewrite(tmp_path: Path) -> None:
     write_llada_folder(folder, TINY, seed=0, dtype=torch.float32)
     assert (folder / "modeling_llada.py").read_bytes() == package_code
     assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == before[:2]
-    assert sorted(os.listdir(folder)) == sorted(["config.json", "model.safetensors", *LLADA_FILES])
+    assert sorted(os.listdir(folder)) == sorted(["config.json", "model.safetensors", "dllm-bench-cache.json", *LLADA_FILES])
 
 
 def test_existing_non_model_folder_is_not_replaced(tmp_path: Path) -> None:
@@ -501,8 +501,9 @@ def test_llama_folder_round_trip(tmp_path: Path) -> None:
 def test_folder_key() -> None:
     arch = {"d_model": 64, "n_heads": 4}
     key = folder_key("llada", arch, 0, "bfloat16")
-    # sha256 of '{"arch":{"d_model":64,"n_heads":4},"dtype":"bfloat16","kind":"llada","seed":0}': stable across runs.
-    assert key == "8a506821d030b6cd"
+    # sha256 of '{"arch":{"d_model":64,"n_heads":4},"dtype":"bfloat16","format":2,"kind":"llada","seed":0}':
+    # stable across runs.
+    assert key == "d0f922224503523f"
     assert all(c in "0123456789abcdef" for c in key)
     assert folder_key("llada", {"n_heads": 4, "d_model": 64}, 0, "bfloat16") == key
     others = {

@@ -1,16 +1,38 @@
 """pytest-benchmark storage and comparison on the suite's cases, the --gate regression
-check, the end-of-run summary, and the xdist fallback (the suite's own rows)."""
+check, the end-of-run summary, and the xdist fallback (the suite's own rows).
+
+Decisions are tested with differences machine load cannot produce or reverse: a run gated
+against its own rows (0% change), and a real slowdown injected into the model's forward
+pass (a sleep of 0.25 s per forward against about a millisecond: several hundred times
+slower), with the forward-pass count checked to be unchanged.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from dllm_bench.results import read_rows
-from tests.helpers import tiny_config, write_config
+from tests.helpers import FINAL, PARTIAL, manifest, rows, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+SLOWDOWN_PLUGIN = """
+import time
+
+from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+
+_forward = LLaDAModelLM.forward
+
+
+def _slow_forward(self, *args, **kwargs):
+    time.sleep(0.25)
+    return _forward(self, *args, **kwargs)
+
+
+LLaDAModelLM.forward = _slow_forward
+"""
 
 
 def _only_run_dir(project: pytest.Pytester) -> Path:
@@ -18,85 +40,95 @@ def _only_run_dir(project: pytest.Pytester) -> Path:
     return run_dir
 
 
+def _one_case_config(project: pytest.Pytester) -> Path:
+    return write_config(project.path, tiny_config(llada={"steps": [4], "block_length": [8]}, measured_rounds=1))
+
+
 def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pytester) -> None:
-    path = write_config(bench_project.path, tiny_config())
+    path = _one_case_config(bench_project)
     storage = bench_project.path / "storage"
     first = bench_project.runpytest_subprocess(
-        "--config", str(path), "--benchmark-autosave", f"--benchmark-storage={storage}"
+        "--config", str(path), "--benchmark-autosave", f"--benchmark-storage={storage}", "-k", "llada"
     )
     assert first.ret == pytest.ExitCode.OK
     (saved,) = storage.rglob("*.json")
     data = json.loads(saved.read_text())
-    groups = {b["group"] for b in data["benchmarks"]}
-    assert groups == {"p8-g8-b2"}
+    assert {b["group"] for b in data["benchmarks"]} == {"p8-g8-b2"}
     assert all("nfe" in b["extra_info"] and "tokens_per_s" in b["extra_info"] for b in data["benchmarks"])
-    assert "dllm_bench" in data["machine_info"]
     assert data["machine_info"]["dllm_bench"]["torch_version"]
     assert all(b["options"]["timer"] == "synchronized_timer" for b in data["benchmarks"])
 
-    second = bench_project.runpytest_subprocess(
-        "--config",
-        str(path),
-        f"--benchmark-storage={storage}",
-        "--benchmark-compare",
-        "--benchmark-compare-fail=mean:100000%",
-    )
-    assert second.ret == pytest.ExitCode.OK
-    assert "Comparing against benchmarks from" in second.stdout.str() + second.stderr.str()
-    # The comparison table shows this run next to the saved one.
-    assert "(NOW)" in second.stdout.str()
-    assert "(0001_unversi" in second.stdout.str()
+    compare = ["--config", str(path), f"--benchmark-storage={storage}", "--benchmark-compare", "-k", "llada"]
+    same = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:100000%")
+    assert same.ret == pytest.ExitCode.OK
+    assert "Comparing against benchmarks from" in same.stdout.str() + same.stderr.str()
+    assert "(NOW)" in same.stdout.str()
+    assert "(0001_unversi" in same.stdout.str()
+
+    # A real slowdown (several hundred times) fails a 50x limit; load cannot reach either.
+    bench_project.makepyfile(slowdown=SLOWDOWN_PLUGIN)
+    slow = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:5000%", "-p", "slowdown")
+    assert slow.ret != pytest.ExitCode.OK
+    assert "Performance has regressed" in slow.stdout.str() + slow.stderr.str()
 
 
-def _scaled_baseline(run_dir: Path, target: Path, factor: float, only: str | None = None) -> Path:
-    """A baseline CSV with tokens_per_s scaled by `factor` (for the cases matching `only`;
-    the others are scaled to 1% so that machine noise cannot fail them)."""
-    rows = read_rows(run_dir / "raw_metrics.csv")
-    for row in rows:
-        scale = factor if only is None or only in row["case_id"] else 0.01
-        row["tokens_per_s"] = str(float(row["tokens_per_s"]) * scale)
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return target
-
-
-def test_gate_passes_and_fails_against_a_baseline(bench_project: pytest.Pytester) -> None:
-    path = write_config(bench_project.path, tiny_config())
+def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_project: pytest.Pytester) -> None:
+    path = _one_case_config(bench_project)
     first = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "base")
     assert first.ret == pytest.ExitCode.OK
-    base_dir = bench_project.path / "base"
+    base = bench_project.path / "base"
+    gate = ["--gate", "tokens_per_s:-50%", "--gate-reference", str(base)]
 
-    # A baseline at a tenth of the speed: this run is faster, the gate passes.
-    slower = _scaled_baseline(base_dir, bench_project.path / "slower.csv", 0.1)
-    ok = bench_project.runpytest_subprocess(
-        "--config", str(path), "--output-dir", "run-ok", "--gate", "tokens_per_s:-10%", "--gate-baseline", str(slower)
-    )
-    assert ok.ret == pytest.ExitCode.OK, ok.stdout.str()
-    ok.stdout.fnmatch_lines(["*gate: compared 3 case/metric pairs against the baseline*"])
+    # The run compared with its own rows: 0% change on every case, the gate passes.
+    same = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", str(base), "--resume", *gate)
+    assert same.ret == pytest.ExitCode.OK, same.stdout.str()
+    same.stdout.fnmatch_lines(["*gate: compared 2 case/metric pairs against the reference run*"])
+    assert manifest(base)["gate"]["passed"] is True
 
-    # A baseline 100x faster for the s4 case only: exactly that case fails the gate.
-    faster = _scaled_baseline(base_dir, bench_project.path / "faster.csv", 100.0, only="-s4-")
-    bad = bench_project.runpytest_subprocess(
-        "--config", str(path), "--output-dir", "run-bad", "--gate", "tokens_per_s:-10%", "--gate-baseline", str(faster)
-    )
-    assert bad.ret == pytest.ExitCode.TESTS_FAILED
-    failed = [line for line in bad.stdout.lines if line.startswith("gate FAILED")]
-    assert len(failed) == 1
+    bench_project.makepyfile(slowdown=SLOWDOWN_PLUGIN)
+    slow = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "slow", "-p", "slowdown", *gate)
+    assert slow.ret == pytest.ExitCode.TESTS_FAILED
+    failed = [line for line in slow.stdout.lines if line.startswith("gate FAILED")]
+    assert len(failed) == 1, slow.stdout.str()
     assert "tiny-llada-p8-g8-b2-s4-k8: tokens_per_s" in failed[0]
-    assert "limit -10%" in failed[0]
+    assert "limit -50%" in failed[0]
+    # The last line says the gate failed, after pytest's green "passed" line.
+    last = [line for line in slow.stdout.lines if line.strip()][-1]
+    assert last.startswith("dllm-bench: GATE FAILED"), last
+    record = manifest(bench_project.path / "slow")["gate"]
+    assert record["passed"] is False
+    assert [f["case_id"] for f in record["failures"]] == ["tiny-llada-p8-g8-b2-s4-k8"]
+    assert record["failures"][0]["metric"] == "tokens_per_s"
+    # Same work, more time: the number of forward passes did not change.
+    before = {r.case_id: r.nfe for r in rows(base / FINAL)}
+    after = {r.case_id: r.nfe for r in rows(bench_project.path / "slow" / FINAL)}
+    assert before == after == {"tiny-llada-p8-g8-b2-s4-k8": 4, "tiny-llama-p8-g8-b2": 8}
 
 
-def test_gate_needs_a_baseline_and_a_valid_rule(bench_project: pytest.Pytester) -> None:
+def test_a_gate_that_compares_nothing_fails_unless_allowed(bench_project: pytest.Pytester) -> None:
+    path = _one_case_config(bench_project)
+    assert bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "base").ret == 0
+    write_config(bench_project.path, tiny_config(llada={"steps": [4], "block_length": [8]}, measured_rounds=2))
+    gate = ["--gate", "tokens_per_s:-10%", "--gate-reference", str(bench_project.path / "base")]
+    strict = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "strict", *gate)
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    strict.stdout.fnmatch_lines(["*gate: compared 0 case/metric pairs*", "*gate FAILED: compared 0*"])
+    allowed = bench_project.runpytest_subprocess(
+        "--config", str(path), "--output-dir", "allowed", *gate, "--gate-allow-missing"
+    )
+    assert allowed.ret == pytest.ExitCode.OK
+    allowed.stdout.fnmatch_lines(["*gate: compared 0 case/metric pairs*"])
+
+
+def test_gate_needs_a_reference_and_a_valid_rule(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
     no_base = bench_project.runpytest("--config", str(path), "--gate", "tokens_per_s:-10%")
     assert no_base.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--gate-baseline" in no_base.stderr.str()
-    baseline = bench_project.path / "b.csv"
-    baseline.write_text("case_id,status\nx,ok\n")
+    assert "--gate-reference" in no_base.stderr.str()
+    reference = bench_project.path / "b.csv"
+    reference.write_text("case_id,status\nx,ok\n")
     bad_rule = bench_project.runpytest(
-        "--config", str(path), "--gate", "tokens_per_s-10", "--gate-baseline", str(baseline)
+        "--config", str(path), "--gate", "tokens_per_s-10", "--gate-reference", str(reference)
     )
     assert bad_rule.ret == pytest.ExitCode.USAGE_ERROR
     assert "bad gate 'tokens_per_s-10'" in bad_rule.stderr.str()
@@ -108,16 +140,16 @@ def test_summary_table_and_relative_speed(bench_project: pytest.Pytester) -> Non
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
-            "*dllm-bench summary*",
-            "case*status*latency_mean_s*tokens/s*nfe*peak_mem_mb*",
+            "case_id*status*latency_mean_s*tokens_per_s*nfe*peak_rss_increase_mb*",
             "tiny-llada-p8-g8-b2-s4-k8*ok*4*",
             "LLaDA speed relative to the AR baseline*",
-            "  tiny-llada-p8-g8-b2-s4-k8 vs tiny-llama-p8-g8-b2: *x tokens/s",
+            "  tiny-llada-p8-g8-b2-s4-k8 vs tiny-llama-p8-g8-b2: *x",
+            "dllm-bench: 3 ok, 0 failed, 0 skipped, 0 not run, 0 already done*",
         ]
     )
-    rows = read_rows(_only_run_dir(bench_project) / "raw_metrics.csv")
-    assert len(rows) == 3
-    assert all(float(row["latency_mean_s"]) > 0 for row in rows)
+    final = rows(_only_run_dir(bench_project) / FINAL)
+    assert len(final) == 3
+    assert all(row.latency_mean_s is not None and row.latency_mean_s > 0 for row in final)
 
 
 def test_under_xdist_the_rows_are_still_measured(bench_project: pytest.Pytester) -> None:
@@ -125,15 +157,19 @@ def test_under_xdist_the_rows_are_still_measured(bench_project: pytest.Pytester)
     result = bench_project.runpytest_subprocess("--config", str(path), "-n", "2", "--output-dir", "out")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*pytest-benchmark is off under xdist*fully measured in raw_metrics.csv*"])
-    rows = read_rows(bench_project.path / "out" / "raw_metrics.csv")
-    assert sorted(row["case_id"] for row in rows) == [
+    final = rows(bench_project.path / "out" / FINAL)
+    assert sorted(row.case_id for row in final) == [
         "tiny-llada-p8-g8-b2-s4-k8",
         "tiny-llada-p8-g8-b2-s8-k8",
         "tiny-llama-p8-g8-b2",
     ]
-    assert read_rows(bench_project.path / "out" / "raw_metrics_partial.csv") == rows
-    for row in rows:
-        assert row["status"] == "ok"
-        assert int(row["measured_rounds"]) == 2
-        assert float(row["latency_min_s"]) <= float(row["latency_mean_s"]) <= float(row["latency_max_s"])
-        assert row["nfe"] in {"4", "8"}
+    assert sorted(rows(bench_project.path / "out" / PARTIAL), key=lambda r: r.case_id) == sorted(
+        final, key=lambda r: r.case_id
+    )
+    for row in final:
+        assert row.status == "ok"
+        assert row.measured_rounds == 2
+        assert row.latency_min_s is not None and row.latency_mean_s is not None and row.latency_max_s is not None
+        assert row.latency_min_s <= row.latency_mean_s <= row.latency_max_s
+        assert row.nfe in {4, 8}
+        assert row.xdist_worker in {"gw0", "gw1"}

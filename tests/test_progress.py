@@ -19,7 +19,8 @@ import pytest
 from tqdm import tqdm
 
 from dllm_bench.progress import CaseProgress, Progress, choose_mode
-from tests.helpers import BENCH_TEST_FILE, tiny_config, write_config
+from dllm_bench.sinks.manifest import Counts
+from tests.helpers import tiny_config, write_config
 
 
 def test_choose_mode() -> None:
@@ -33,7 +34,7 @@ def test_choose_mode() -> None:
 def test_inner_bar_never_draws_during_a_timed_round() -> None:
     stream = io.StringIO()
     bar = tqdm(total=30, file=stream, mininterval=0, miniters=1)
-    inner = CaseProgress(bar, forwards_per_call=10, warmup_rounds=1, measured_rounds=2)
+    inner = CaseProgress(bar, expected_nfe=10, warmup_rounds=1, measured_rounds=2)
     inner.round_started()  # warm-up: draws as it goes
     before = len(stream.getvalue())
     for _ in range(10):
@@ -51,11 +52,16 @@ def test_inner_bar_never_draws_during_a_timed_round() -> None:
 
 
 def test_log_mode_logs_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
-    progress = Progress("log")
+    counts = Counts(planned=20)
+    progress = Progress("log", counts)
     with caplog.at_level(logging.INFO, logger="dllm_bench.progress"):
         progress.start(20)
         for index in range(20):
-            progress.case_finished("failed" if index == 3 else "passed")
+            if index == 3:
+                counts.failed += 1
+            else:
+                counts.ok += 1
+            progress.case_finished()
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "progress: 0/20 cases"
     assert any(line.startswith("progress: 2/20 cases (0 failed, 0 skipped), elapsed 0:00:0") for line in lines)
@@ -106,11 +112,9 @@ def _run_without_terminal(project: Path, *args: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
-    (tmp_path / "test_bench.py").write_text(BENCH_TEST_FILE, encoding="utf-8")
-    write_config(tmp_path, tiny_config())
-    return tmp_path
+def grid_project(project: Path) -> Path:
+    write_config(project, tiny_config())
+    return project
 
 
 def _screen_lines(text: str) -> list[str]:
@@ -119,8 +123,9 @@ def _screen_lines(text: str) -> list[str]:
     return [segment for line in plain.split("\n") for segment in [line.split("\r")[-1]] if segment.strip()]
 
 
-def test_bars_on_a_terminal(project: Path) -> None:
-    code, text = _run_in_pty(project, "--output-dir", "out")
+@pytest.mark.slow
+def test_bars_on_a_terminal(grid_project: Path) -> None:
+    code, text = _run_in_pty(grid_project, "--output-dir", "out")
     assert code == 0, text[-3000:]
     assert re.search(r"cases: 100%\|[^|]*\| 3/3", text), text[-3000:]
     assert re.search(r"(warm-up 1/1|round \d/2):", text), "the inner bar of a running case"
@@ -131,22 +136,24 @@ def test_bars_on_a_terminal(project: Path) -> None:
     assert done and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - dllm_bench - INFO - case", d) for d in done)
     # pytest's per-test letters are not written onto the bar's line.
     assert not any(re.search(r"test_bench\.py \.+", line) for line in lines)
-    assert "case tiny-llada-p8-g8-b2-s8-k8: done" in (project / "out" / "benchmark.log").read_text()
+    assert "case tiny-llada-p8-g8-b2-s8-k8: done" in (grid_project / "out" / "benchmark.log").read_text()
     assert "3 passed" in text
 
 
-def test_progress_lines_without_a_terminal(project: Path) -> None:
-    code, output = _run_without_terminal(project, "--output-dir", "out")
+@pytest.mark.slow
+def test_progress_lines_without_a_terminal(grid_project: Path) -> None:
+    code, output = _run_without_terminal(grid_project, "--output-dir", "out")
     assert code == 0, output[-3000:]
     assert "progress: 3/3 cases (0 failed, 0 skipped)" in output
     assert "\r" not in output, "no carriage returns in a log"
-    assert "progress: 3/3 cases" in (project / "out" / "benchmark.log").read_text()
+    assert "progress: 3/3 cases" in (grid_project / "out" / "benchmark.log").read_text()
 
 
-def test_controller_counts_under_xdist(project: Path) -> None:
-    code, text = _run_in_pty(project, "--output-dir", "out", "-n", "2")
+@pytest.mark.slow
+def test_controller_counts_under_xdist(grid_project: Path) -> None:
+    code, text = _run_in_pty(grid_project, "--output-dir", "out", "-n", "2")
     assert code == 0, text[-3000:]
     assert re.search(r"cases: 100%\|[^|]*\| 3/3", text), text[-3000:]
-    code, output = _run_without_terminal(project, "-n", "2")
+    code, output = _run_without_terminal(grid_project, "-n", "2")
     assert code == 0
     assert "progress: 3/3 cases" in output

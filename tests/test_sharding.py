@@ -10,10 +10,10 @@ import pytest
 
 from dllm_bench.cases import expand_cases
 from dllm_bench.config import parse_config
-from dllm_bench.merge import main as merge_main
-from dllm_bench.results import read_rows
 from dllm_bench.resume import resume_command
 from dllm_bench.sharding import assign_shards, case_cost, parse_shard
+from dllm_bench.sinks.csvfiles import read_results
+from dllm_bench.sinks.merge import main as merge_main
 from tests.helpers import tiny_config, write_config
 
 GRID = tiny_config(
@@ -31,7 +31,7 @@ def test_parse_shard(spec: str, expected: tuple[int, int]) -> None:
     assert parse_shard(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["3/3", "1/0", "-1/3", "a/b", "1", "1/2/3"])
+@pytest.mark.parametrize("spec", ["3/3", "1/0", "-1/3", "a/b", "1", "1/2/3", "0/1000000000", "0/100001"])
 def test_parse_shard_refuses(spec: str) -> None:
     with pytest.raises(ValueError, match="expected I/K with 0 <= I < K"):
         parse_shard(spec)
@@ -76,11 +76,14 @@ def test_shards_partition_the_collected_cases(bench_project: pytest.Pytester) ->
 
 def test_bad_shard_is_a_usage_error(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, GRID)
-    result = bench_project.runpytest("--config", str(path), "--shard", "3/3")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--shard '3/3'" in result.stderr.str()
+    for spec in ("3/3", "0/1000000000"):
+        result = bench_project.runpytest("--config", str(path), "--shard", spec, "--collect-only")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert f"--shard '{spec}'" in result.stderr.str()
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
+@pytest.mark.slow
 def test_merge_shards_and_refuse_mixed_configs(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
     for index in range(2):
@@ -91,8 +94,8 @@ def test_merge_shards_and_refuse_mixed_configs(bench_project: pytest.Pytester) -
     shards = [bench_project.path / f"shard-{index}" for index in range(2)]
     merged = bench_project.path / "merged"
     assert merge_main([str(merged), *map(str, shards)]) == 0
-    rows = read_rows(merged / "raw_metrics.csv")
-    assert sorted(r["case_id"] for r in rows) == [
+    rows = read_results(merged / "raw_metrics.csv")
+    assert sorted(r.case_id for r in rows) == [
         "tiny-llada-p8-g8-b2-s4-k8",
         "tiny-llada-p8-g8-b2-s8-k8",
         "tiny-llama-p8-g8-b2",

@@ -32,7 +32,7 @@ import pytest
 
 from dllm_bench.cases import expand_cases
 from dllm_bench.config import load_config
-from dllm_bench.results import COLUMN_NAMES
+from dllm_bench.rows import COLUMN_NAMES
 from dllm_bench.sharding import assign_shards
 from tests.helpers import TINY_LLADA_ARCH, tiny_config, write_config
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dllm_bench.results import append_row, read_rows
-from dllm_bench.summary import RELATIVE_SPEED_HEADER, relative_speed_lines, summary_lines
+from dllm_bench.rows import Row
+from dllm_bench.sinks.csvfiles import append_row, read_results
+from dllm_bench.sinks.summary import NOISE_NOTE, RELATIVE_SPEED_HEADER, relative_speed_lines, summary_lines
 
 LLADA_ID = "tiny-llada-p32-g32-b1-s8-k32"
 LLAMA_ID = "tiny-llama-p32-g32-b1"
 
 
-def llada_row(case_id: str = LLADA_ID, tokens_per_s: object = 300.0, **overrides: object) -> dict[str, object]:
+def llada_row(case_id: str = LLADA_ID, tokens_per_s: object = 300.0, **overrides: object) -> Row:
     row: dict[str, object] = {
-        "case_id": case_id,
         "kind": "llada",
         "status": "ok",
         "prompt_length": 32,
@@ -24,10 +24,10 @@ def llada_row(case_id: str = LLADA_ID, tokens_per_s: object = 300.0, **overrides
         "nfe": 8,
     }
     row.update(overrides)
-    return row
+    return Row(case_id=case_id).with_values(row)
 
 
-def baseline_row(case_id: str = LLAMA_ID, tokens_per_s: object = 100.0, **overrides: object) -> dict[str, object]:
+def baseline_row(case_id: str = LLAMA_ID, tokens_per_s: object = 100.0, **overrides: object) -> Row:
     return llada_row(case_id=case_id, tokens_per_s=tokens_per_s, **{"kind": "baseline", "nfe": 32, **overrides})
 
 
@@ -40,7 +40,7 @@ def cells(line: str) -> list[str]:
 
 def test_header_then_one_line_per_row() -> None:
     lines = summary_lines([llada_row(), baseline_row()])
-    assert cells(lines[0]) == ["case", "status", "latency_mean_s", "tokens/s", "nfe", "peak_mem_mb"]
+    assert cells(lines[0]) == ["case_id", "status", "latency_mean_s", "tokens_per_s", "nfe", "peak_rss_increase_mb"]
     assert cells(lines[1]) == [LLADA_ID, "ok", "0.1067", "300.0", "8", "-"]
     assert cells(lines[2]) == [LLAMA_ID, "ok", "0.1067", "100.0", "32", "-"]
     assert len(lines) == 3
@@ -50,47 +50,54 @@ def test_columns_are_aligned_from_the_content() -> None:
     rows = [
         llada_row(case_id="a", latency_mean_s=12.5, tokens_per_s=2.0, nfe=1024),
         llada_row(case_id="a-much-longer-case-id", latency_mean_s=0.001234, tokens_per_s=123456.7, nfe=8),
-        llada_row(case_id="mid-case", status="error", latency_mean_s="", tokens_per_s="", nfe=""),
+        llada_row(case_id="mid-case", status="error", latency_mean_s=None, tokens_per_s=None, nfe=None),
     ]
     lines = summary_lines(rows)
-    assert len({len(line) for line in lines}) == 1
     status_at = lines[0].index("status")
     assert status_at == len("a-much-longer-case-id") + 2
     assert [line[status_at:].split()[0] for line in lines[1:]] == ["ok", "ok", "error"]
     # Numbers are right-aligned: every line's tokens/s cell ends in the same place.
-    tokens_end = lines[0].index("tokens/s") + len("tokens/s")
+    tokens_end = lines[0].index("tokens_per_s") + len("tokens_per_s")
     assert [line[:tokens_end].split()[-1] for line in lines[1:]] == ["2.0", "123456.7", "-"]
 
 
 def test_latency_keeps_four_significant_digits() -> None:
-    lines = summary_lines([llada_row(latency_mean_s=0.00123456), llada_row(latency_mean_s="2.5")])
+    lines = summary_lines([llada_row(latency_mean_s=0.00123456), llada_row(latency_mean_s=2.5)])
     assert cells(lines[1])[2] == "0.001235"
     assert cells(lines[2])[2] == "2.500"
 
 
 def test_failed_rows_show_status_and_dashes() -> None:
-    oom = llada_row(status="oom", latency_mean_s="", tokens_per_s="", nfe="")
+    oom = llada_row(status="oom", latency_mean_s=None, tokens_per_s=None, nfe=None)
     error = llada_row(status="error", latency_mean_s=None, tokens_per_s=None, nfe=None)
     lines = summary_lines([oom, error])
     assert cells(lines[1]) == [LLADA_ID, "oom", "-", "-", "-", "-"]
     assert cells(lines[2]) == [LLADA_ID, "error", "-", "-", "-", "-"]
 
 
-def test_peak_memory_prefers_cuda_then_rss() -> None:
-    rows = [
-        llada_row(peak_memory_allocated_mb="512.0", peak_rss_increase_mb="10.0"),
-        llada_row(peak_memory_allocated_mb="", peak_rss_increase_mb="64.5"),
-        llada_row(peak_rss_increase_mb=20),
-        llada_row(peak_memory_allocated_mb="", peak_rss_increase_mb=""),
-    ]
-    assert [cells(line)[-1] for line in summary_lines(rows)[1:]] == ["512.0", "64.5", "20.0", "-"]
+def test_memory_column_is_the_cuda_peak_when_any_row_has_it() -> None:
+    cuda = [llada_row(peak_memory_allocated_mb=512.0), llada_row(peak_rss_increase_mb=64.5)]
+    lines = summary_lines(cuda)
+    assert cells(lines[0])[-1] == "peak_memory_allocated_mb"
+    assert [cells(line)[-1] for line in lines[1:]] == ["512.0", "-"]
+    cpu = summary_lines([llada_row(peak_rss_increase_mb=20.0), llada_row()])
+    assert cells(cpu[0])[-1] == "peak_rss_increase_mb"
+    assert [cells(line)[-1] for line in cpu[1:]] == ["20.0", "-"]
+
+
+def test_noisy_cases_are_marked_and_explained() -> None:
+    lines = summary_lines([llada_row(noise_warning="load,cv"), llada_row()])
+    assert cells(lines[0])[-1] == "noise_warning"
+    assert cells(lines[1])[-1] == "load,cv"
+    assert lines[-1] == NOISE_NOTE
+    assert "noise_warning" not in summary_lines([llada_row()])[0]
 
 
 def test_summary_of_rows_read_back_from_csv(tmp_path: Path) -> None:
     path = tmp_path / "raw.csv"
     append_row(path, llada_row())
-    append_row(path, baseline_row(status="error", latency_mean_s="", tokens_per_s="", nfe=""))
-    lines = summary_lines(read_rows(path))
+    append_row(path, baseline_row(status="error", latency_mean_s=None, tokens_per_s=None, nfe=None))
+    lines = summary_lines(read_results(path))
     assert cells(lines[1]) == [LLADA_ID, "ok", "0.1067", "300.0", "8", "-"]
     assert cells(lines[2]) == [LLAMA_ID, "error", "-", "-", "-", "-"]
 
@@ -104,19 +111,19 @@ def test_summary_of_no_rows_is_the_header() -> None:
 
 def test_ratio_is_llada_tokens_per_s_over_baseline() -> None:
     lines = relative_speed_lines([llada_row(tokens_per_s=300.0), baseline_row(tokens_per_s=100.0)])
-    assert lines == [RELATIVE_SPEED_HEADER, f"  {LLADA_ID} vs {LLAMA_ID}: 3.00x tokens/s"]
+    assert lines == [RELATIVE_SPEED_HEADER, f"  {LLADA_ID} vs {LLAMA_ID}: 3.00x"]
 
 
 def test_header_says_what_the_ratio_is() -> None:
-    assert "tokens/s ratio" in RELATIVE_SPEED_HEADER
+    assert "tokens_per_s ratio" in RELATIVE_SPEED_HEADER
     assert ">1 means LLaDA is faster" in RELATIVE_SPEED_HEADER
 
 
-def test_ratios_from_csv_strings(tmp_path: Path) -> None:
+def test_ratios_from_rows_read_back(tmp_path: Path) -> None:
     path = tmp_path / "raw.csv"
     append_row(path, llada_row(tokens_per_s=42.0))
     append_row(path, baseline_row(tokens_per_s=100.0))
-    assert relative_speed_lines(read_rows(path))[1:] == [f"  {LLADA_ID} vs {LLAMA_ID}: 0.42x tokens/s"]
+    assert relative_speed_lines(read_results(path))[1:] == [f"  {LLADA_ID} vs {LLAMA_ID}: 0.42x"]
 
 
 def test_each_baseline_of_the_same_shape_is_compared() -> None:
@@ -126,8 +133,8 @@ def test_each_baseline_of_the_same_shape_is_compared() -> None:
         baseline_row(case_id="tiny-gpt-p32-g32-b1", tokens_per_s=25.0),
     ]
     assert relative_speed_lines(rows)[1:] == [
-        f"  {LLADA_ID} vs {LLAMA_ID}: 0.50x tokens/s",
-        f"  {LLADA_ID} vs tiny-gpt-p32-g32-b1: 2.00x tokens/s",
+        f"  {LLADA_ID} vs {LLAMA_ID}: 0.50x",
+        f"  {LLADA_ID} vs tiny-gpt-p32-g32-b1: 2.00x",
     ]
 
 
@@ -140,7 +147,7 @@ def test_only_the_same_shape_and_ok_rows_are_compared() -> None:
         baseline_row(tokens_per_s=150.0),
         llada_row(case_id="tiny-llada-p32-g32-b1-s32-k32", status="error", tokens_per_s=1.0),
     ]
-    assert relative_speed_lines(rows)[1:] == [f"  {LLADA_ID} vs {LLAMA_ID}: 2.00x tokens/s"]
+    assert relative_speed_lines(rows)[1:] == [f"  {LLADA_ID} vs {LLAMA_ID}: 2.00x"]
 
 
 def test_missing_baseline_is_named_once_per_shape() -> None:
@@ -152,18 +159,18 @@ def test_missing_baseline_is_named_once_per_shape() -> None:
     ]
     assert relative_speed_lines(rows)[1:] == [
         "  no baseline at p64 g16 b2",
-        f"  {LLADA_ID} vs {LLAMA_ID}: 2.00x tokens/s",
+        f"  {LLADA_ID} vs {LLAMA_ID}: 2.00x",
     ]
 
 
 def test_tiny_ratio_is_not_rounded_to_zero() -> None:
     lines = relative_speed_lines([llada_row(tokens_per_s=1.0), baseline_row(tokens_per_s=400.0)])
-    assert lines[1].endswith(": 0.0025x tokens/s")
+    assert lines[1].endswith(": 0.0025x")
 
 
 def test_a_baseline_without_speed_is_reported_not_divided() -> None:
-    lines = relative_speed_lines([llada_row(tokens_per_s=10.0), baseline_row(tokens_per_s="0")])
-    assert lines[1] == f"  {LLADA_ID} vs {LLAMA_ID}: no tokens/s to compare"
+    lines = relative_speed_lines([llada_row(tokens_per_s=10.0), baseline_row(tokens_per_s=0.0)])
+    assert lines[1] == f"  {LLADA_ID} vs {LLAMA_ID}: no tokens_per_s to compare"
 
 
 def test_no_llada_rows_means_no_lines() -> None:

@@ -54,11 +54,12 @@ def temp_repo(isolated_tmp: Path) -> Path:
 def test_environment_has_exactly_the_columns_and_real_versions() -> None:
     environment = capture_environment(REPO_DIR)
     assert tuple(environment) == ENVIRONMENT_COLUMNS
-    assert all(isinstance(value, str) for value in environment.values())
+    assert all(isinstance(value, str | int | bool) or value is None for value in environment.values())
+    assert environment["cpu_model"]
     assert environment["python_version"] == platform.python_version()
     assert environment["torch_version"] == str(torch.__version__)
     assert environment["transformers_version"] == transformers.__version__
-    assert environment["cuda_version"] == (torch.version.cuda or "")
+    assert environment["cuda_version"] == (torch.version.cuda or None)
     assert environment["host"]
 
 
@@ -68,37 +69,37 @@ def test_environment_git_state_of_this_repo() -> None:
     if head.returncode == 0:
         assert SHA_PATTERN.fullmatch(environment["git_commit"])
         assert environment["git_commit"] == head.stdout.strip()
-        assert environment["git_dirty"] in ("true", "false")
+        assert environment["git_dirty"] in (True, False)
     else:
-        assert environment["git_commit"] == ""
+        assert environment["git_commit"] is None
 
 
 def test_git_commit_and_dirty_flag_of_a_temp_repo(temp_repo: Path) -> None:
     clean = capture_environment(temp_repo)
     assert SHA_PATTERN.fullmatch(clean["git_commit"])
     assert clean["git_commit"] == git(temp_repo, "rev-parse", "HEAD")
-    assert clean["git_dirty"] == "false"
+    assert clean["git_dirty"] is False
 
     (temp_repo / "untracked.txt").write_text("not tracked\n")
-    assert capture_environment(temp_repo)["git_dirty"] == "false"
+    assert capture_environment(temp_repo)["git_dirty"] is False
 
     (temp_repo / "tracked.txt").write_text("changed\n")
     dirty = capture_environment(temp_repo)
-    assert dirty["git_dirty"] == "true"
+    assert dirty["git_dirty"] is True
     assert dirty["git_commit"] == clean["git_commit"]
 
 
 def test_repo_without_commits_has_no_commit(isolated_tmp: Path) -> None:
     git(isolated_tmp, "init", "-q")
     environment = capture_environment(isolated_tmp)
-    assert environment["git_commit"] == ""
-    assert environment["git_dirty"] == "false"
+    assert environment["git_commit"] is None
+    assert environment["git_dirty"] is False
 
 
 def test_folder_outside_any_repo_has_no_git_state(isolated_tmp: Path) -> None:
     environment = capture_environment(isolated_tmp)
-    assert environment["git_commit"] == ""
-    assert environment["git_dirty"] == ""
+    assert environment["git_commit"] is None
+    assert environment["git_dirty"] is None
 
 
 def test_missing_git_gives_empty_git_state(temp_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,15 +107,15 @@ def test_missing_git_gives_empty_git_state(temp_repo: Path, monkeypatch: pytest.
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))
     environment = capture_environment(temp_repo)
-    assert environment["git_commit"] == ""
-    assert environment["git_dirty"] == ""
+    assert environment["git_commit"] is None
+    assert environment["git_dirty"] is None
 
 
 @without_cuda
 def test_machine_without_cuda_reports_no_gpu() -> None:
     environment = capture_environment(REPO_DIR)
-    assert environment["gpu_count"] == "0"
-    assert environment["gpu_name"] == ""
+    assert environment["gpu_count"] == 0
+    assert environment["gpu_name"] is None
 
 
 def test_transformers_version_is_the_installed_distribution() -> None:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from dllm_bench import runner
+from dllm_bench.backends import llada as llada_backend
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import load_config
 from dllm_bench.models.loader import ModelCache
-from dllm_bench.results import append_row
 from dllm_bench.runner import run_case
+from dllm_bench.sinks.csvfiles import append_row
 
 LOG = logging.getLogger("bench_harness")
 
@@ -59,8 +59,8 @@ def measure_case(case: Case, models: ModelCache, rows_file: Path, log: logging.L
     spent inside generate calls (LLaDA sampler or transformers generate)."""
     loaded = models.get(case.model)
     clock = CallClock()
-    original_llada = runner.generate
-    runner.generate = clock.wrap(original_llada)  # type: ignore[assignment]
+    original_llada = llada_backend.generate
+    llada_backend.generate = clock.wrap(original_llada)  # type: ignore[assignment]
     baseline = case.kind == "baseline"
     if baseline:
         original_generate = loaded.model.generate
@@ -69,13 +69,13 @@ def measure_case(case: Case, models: ModelCache, rows_file: Path, log: logging.L
         start = time.perf_counter()
         row = run_case(case, loaded)
         append_row(rows_file, row)
-        log.info("case %s: done, mean %s s", case.case_id, row["latency_mean_s"])
+        log.info("case %s: done, mean %s s", case.case_id, row.latency_mean_s)
         wall = time.perf_counter() - start
     finally:
-        runner.generate = original_llada  # type: ignore[assignment]
+        llada_backend.generate = original_llada  # type: ignore[assignment]
         if baseline:
             loaded.model.generate = original_generate  # type: ignore[method-assign]
-    measured = float(str(row["latency_mean_s"])) * case.measured_rounds
+    measured = (row.latency_mean_s or 0.0) * case.measured_rounds
     return {"wall": wall, "in_generate": clock.inside, "measured": measured}
 
 

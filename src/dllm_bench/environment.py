@@ -1,6 +1,6 @@
 """What a result row was measured on: GPU, driver, library versions, host and source commit.
 
-Every value is a string, and an empty string where the value is not available: nothing is
+Every value is what was read, or None (an empty cell) where it is not available: nothing is
 guessed or filled in with a placeholder.
 """
 
@@ -24,6 +24,7 @@ except ImportError:  # nvidia-ml-py is absent: the driver version stays empty
 logger = logging.getLogger(__name__)
 
 ENVIRONMENT_COLUMNS: tuple[str, ...] = (
+    "cpu_model",
     "gpu_name",
     "gpu_count",
     "driver_version",
@@ -41,12 +42,13 @@ ENVIRONMENT_COLUMNS: tuple[str, ...] = (
 GIT_TIMEOUT_S = 5.0
 
 
-def capture_environment(repo_dir: Path) -> dict[str, str]:
+def capture_environment(repo_dir: Path) -> dict[str, object]:
     """The values of `ENVIRONMENT_COLUMNS` for this process, with git state read in `repo_dir`."""
     git_commit, git_dirty = _git_state(repo_dir)
-    values = {
+    values: dict[str, object] = {
+        "cpu_model": cpu_model(),
         "gpu_name": _gpu_name(),
-        "gpu_count": str(_gpu_count()),
+        "gpu_count": _gpu_count(),
         "driver_version": _driver_version(),
         "cuda_version": torch.version.cuda or "",
         "torch_version": str(torch.__version__),
@@ -58,7 +60,18 @@ def capture_environment(repo_dir: Path) -> dict[str, str]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "xdist_worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
     }
-    return {column: values[column] for column in ENVIRONMENT_COLUMNS}
+    return {column: None if values[column] == "" else values[column] for column in ENVIRONMENT_COLUMNS}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _gpu_count() -> int:
@@ -110,14 +123,14 @@ def _distribution_version(name: str) -> str:
         return ""
 
 
-def _git_state(repo_dir: Path) -> tuple[str, str]:
-    """(commit, dirty) for the git work tree holding `repo_dir`; "" for what git cannot tell."""
+def _git_state(repo_dir: Path) -> tuple[str, bool | None]:
+    """(commit, dirty) for the git work tree holding `repo_dir`; "" and None for what git cannot tell."""
     commit = _run_git(repo_dir, "rev-parse", "HEAD")
     status = _run_git(repo_dir, "status", "--porcelain", "--untracked-files=no")
     commit = commit.strip() if commit is not None else ""
     if status is None:
-        return commit, ""
-    return commit, "true" if status.strip() else "false"
+        return commit, None
+    return commit, bool(status.strip())
 
 
 def _run_git(repo_dir: Path, *args: str) -> str | None:

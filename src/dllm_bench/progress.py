@@ -11,10 +11,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+from dllm_bench.sinks.manifest import Counts
 
 LOG = logging.getLogger("dllm_bench.progress")
 
@@ -57,34 +58,23 @@ class TerminalStream:
         """Every write is flushed already."""
 
 
-@dataclass
-class RunCounts:
-    total: int = 0
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def eta(self) -> float | None:
-        if self.done == 0 or self.total <= self.done:
-            return None
-        return (time.monotonic() - self.started) / self.done * (self.total - self.done)
-
-    def line(self) -> str:
-        elapsed = format_duration(time.monotonic() - self.started)
-        eta = self.eta()
-        return (
-            f"progress: {self.done}/{self.total} cases ({self.failed} failed, {self.skipped} skipped), "
-            f"elapsed {elapsed}, ETA {format_duration(eta) if eta is not None else '-'}"
-        )
+def progress_line(counts: Counts, started: float) -> str:
+    """`progress: 14/28 cases (0 failed, 0 skipped), elapsed 0:00:12, ETA 0:00:11`."""
+    done = counts.finished()
+    elapsed = time.monotonic() - started
+    eta = elapsed / done * (counts.planned - done) if 0 < done < counts.planned else None
+    return (
+        f"progress: {done}/{counts.planned} cases ({counts.failed} failed, {counts.skipped} skipped), "
+        f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta) if eta is not None else '-'}"
+    )
 
 
 class CaseProgress:
     """The inner bar of one case: forward passes of the warm-up and measured rounds."""
 
-    def __init__(self, bar: tqdm[Any] | None, forwards_per_call: int, warmup_rounds: int, measured_rounds: int) -> None:
+    def __init__(self, bar: tqdm[Any] | None, expected_nfe: int, warmup_rounds: int, measured_rounds: int) -> None:
         self._bar = bar
-        self._forwards_per_call = forwards_per_call
+        self._expected_nfe = expected_nfe
         self._warmup_rounds = warmup_rounds
         self._measured_rounds = measured_rounds
         self._round = 0
@@ -99,7 +89,7 @@ class CaseProgress:
             label, self.timed = f"warm-up {self._round}/{self._warmup_rounds}", False
         else:
             label, self.timed = f"round {self._round - self._warmup_rounds}/{self._measured_rounds}", True
-        self._bar.n = (self._round - 1) * self._forwards_per_call
+        self._bar.n = (self._round - 1) * self._expected_nfe
         self._bar.set_description_str(label, refresh=False)
         self._bar.refresh()
 
@@ -118,13 +108,15 @@ class CaseProgress:
 
 
 class Progress:
-    """What the plugin reports to; `mode` is bar, log or off."""
+    """What the session reports to; `mode` is bar, log or off. It shows the session's own
+    counts (`counts`), it does not keep any."""
 
-    def __init__(self, mode: str, stream: TextIO | TerminalStream | None = None) -> None:
+    def __init__(self, mode: str, counts: Counts, stream: TextIO | TerminalStream | None = None) -> None:
         if mode not in ("bar", "log", "off"):
             raise ValueError(f"unknown progress mode {mode!r}")
         self.mode = mode
-        self.counts = RunCounts()
+        self.counts = counts
+        self.started = time.monotonic()
         self._stream = stream
         self._outer: tqdm[Any] | None = None
         self._last_log = time.monotonic()
@@ -132,7 +124,8 @@ class Progress:
         tqdm.monitor_interval = 0
 
     def start(self, total: int) -> None:
-        self.counts = RunCounts(total=total)
+        """Show the bar (or the first line) for `total` cases; the session set counts.planned."""
+        self.started = time.monotonic()
         if self.mode == "bar" and self._outer is None:
             self._outer = tqdm(
                 total=total, desc="cases", unit="case", position=0, file=self._stream, dynamic_ncols=True, leave=True
@@ -144,19 +137,15 @@ class Progress:
         if self._outer is not None:
             self._outer.set_postfix_str(case_id, refresh=True)
 
-    def case_finished(self, outcome: str) -> None:
-        self.counts.done += 1
-        if outcome == "failed":
-            self.counts.failed += 1
-        elif outcome == "skipped":
-            self.counts.skipped += 1
+    def case_finished(self) -> None:
+        """Redraw after the session counted a finished case."""
         if self._outer is not None:
             self._outer.set_description_str(self._outer_label(), refresh=False)
             self._outer.update(1)
         elif self.mode == "log" and self._log_due():
-            LOG.info(self.counts.line())
+            LOG.info(progress_line(self.counts, self.started))
             self._last_log = time.monotonic()
-            self._logged_done = self.counts.done
+            self._logged_done = self.counts.finished()
 
     def _outer_label(self) -> str:
         failed = f" {self.counts.failed} failed" if self.counts.failed else ""
@@ -164,18 +153,19 @@ class Progress:
         return f"cases{failed}{skipped}"
 
     def _log_due(self) -> bool:
-        every = max(1, round(self.counts.total * LOG_EVERY_FRACTION))
+        every = max(1, round(self.counts.planned * LOG_EVERY_FRACTION))
+        done = self.counts.finished()
         return (
-            self.counts.done >= self.counts.total
-            or self.counts.done - self._logged_done >= every
+            done >= self.counts.planned
+            or done - self._logged_done >= every
             or time.monotonic() - self._last_log >= LOG_EVERY_SECONDS
         )
 
-    def case_bar(self, forwards_per_call: int, warmup_rounds: int, measured_rounds: int) -> CaseProgress:
+    def case_bar(self, expected_nfe: int, warmup_rounds: int, measured_rounds: int) -> CaseProgress:
         bar = None
         if self.mode == "bar":
             bar = tqdm(
-                total=forwards_per_call * (warmup_rounds + measured_rounds),
+                total=expected_nfe * (warmup_rounds + measured_rounds),
                 unit="fwd",
                 position=1,
                 leave=False,
@@ -183,7 +173,7 @@ class Progress:
                 dynamic_ncols=True,
                 mininterval=0.2,
             )
-        return CaseProgress(bar, forwards_per_call, warmup_rounds, measured_rounds)
+        return CaseProgress(bar, expected_nfe, warmup_rounds, measured_rounds)
 
     def loading(self, model_name: str) -> AbstractContextManager[object]:
         if self.mode != "bar":

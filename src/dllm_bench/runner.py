@@ -3,27 +3,34 @@
 What is timed is one generate call over the case's prompt batch, nothing else (prompt
 construction, model loading, output analysis and row writing happen outside). Warm-up
 calls run at every grid point; the last warm-up call is also profiled per forward pass.
+What differs between model kinds comes from the case's backend.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
+import os
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from dllm_bench.backends import backend
 from dllm_bench.cases import Case
 from dllm_bench.models.loader import LoadedModel
 from dllm_bench.progress import CaseProgress
 from dllm_bench.prompts import make_prompt
-from dllm_bench.sampling.llada import generate
+from dllm_bench.rows import Row
+from dllm_bench.sinks.manifest import utc_now
 from dllm_bench.timing import LatencyStats, synchronized_timer, time_rounds
 from dllm_bench.trackers import EnergyRecord, EnergyTracker, MemoryRecord, MemoryTracker
 
 LOG = logging.getLogger("dllm_bench.runner")
+
+# Above this coefficient of variation of the measured rounds a row is marked `cv`.
+CV_LIMIT = 0.25
 
 # Times `call` for the case's measured rounds (running `before_round` untimed before each
 # call) and returns the durations. The warm-up is run by `run_case` itself.
@@ -38,10 +45,11 @@ def measure_with_own_timer(
 
 @dataclass
 class CallRecorder:
-    """Counts forward passes and keeps the last output of the generate call."""
+    """Counts forward passes per call and keeps the last output of the generate call."""
 
     forwards: int = 0
     calls: int = 0
+    per_call: list[int] = field(default_factory=list)
     last_output: torch.Tensor | None = field(default=None, repr=False)
 
     def count_forward(self, *_: object) -> None:
@@ -49,13 +57,19 @@ class CallRecorder:
 
     def record(self, output: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.per_call.append(self.forwards - sum(self.per_call))
         self.last_output = output
         return output
 
-    def forwards_per_call(self) -> int:
+    def reset(self) -> None:
+        self.forwards = self.calls = 0
+        self.per_call.clear()
+
+    def nfe(self) -> float:
+        """Forward passes per generate call, the mean over the calls recorded."""
         if self.calls == 0:
             raise RuntimeError("the generate call never ran")
-        return round(self.forwards / self.calls)
+        return self.forwards / self.calls
 
 
 @dataclass
@@ -78,6 +92,33 @@ class ForwardProfile:
         return max(0.0, 1.0 - sum(self.forward_s) / self.call_s)
 
 
+@dataclass(frozen=True)
+class HostLoad:
+    """How busy the machine was for a case: load at the start, CPU time over the rounds."""
+
+    load_avg_1m: float | None
+    cpu_count: int
+    threads: int
+
+
+def host_load() -> HostLoad:
+    try:
+        load: float | None = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return HostLoad(load_avg_1m=load, cpu_count=len(os.sched_getaffinity(0)), threads=torch.get_num_threads())
+
+
+def noise_warning(load: HostLoad, latency_cv: float | None) -> str:
+    """`load`, `cv`, `load,cv` or "" (see the README's 'Stable numbers')."""
+    reasons = []
+    if load.load_avg_1m is not None and load.load_avg_1m > load.cpu_count:
+        reasons.append("load")
+    if latency_cv is not None and latency_cv > CV_LIMIT:
+        reasons.append("cv")
+    return ",".join(reasons)
+
+
 def profile_call(model: torch.nn.Module, call: Callable[[], torch.Tensor]) -> ForwardProfile:
     """Run `call` once with every forward pass of `model` timed (not a measured round)."""
     profile = ForwardProfile()
@@ -93,12 +134,11 @@ def profile_call(model: torch.nn.Module, call: Callable[[], torch.Tensor]) -> Fo
     return profile
 
 
-def case_row(case: Case, loaded: LoadedModel | None = None) -> dict[str, object]:
+def case_row(case: Case, loaded: LoadedModel | None = None) -> Row:
     """The row fields that describe the case, before anything is measured."""
-    row: dict[str, object] = {"case_id": case.case_id, **case.params()}
+    row = Row(case_id=case.case_id).with_values({**case.params(), "model_seed": case.model.seed})
     if loaded is not None:
-        row["device"] = str(loaded.device)
-        row["dtype"] = str(loaded.dtype).removeprefix("torch.")
+        row = row.with_values({"device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch.")})
     return row
 
 
@@ -112,85 +152,23 @@ def case_prompt(case: Case, loaded: LoadedModel) -> torch.Tensor:
     ).to(loaded.device)
 
 
-def make_call(
-    case: Case, loaded: LoadedModel, prompt: torch.Tensor, recorder: CallRecorder
-) -> Callable[[], torch.Tensor]:
-    """The function that is timed: one generate call over the case's prompt batch."""
-    if case.kind == "llada":
-        return _llada_call(case, loaded, prompt, recorder)
-    return _baseline_call(case, loaded, prompt, recorder, new_tokens=case.gen_length)
-
-
-def _llada_call(
-    case: Case, loaded: LoadedModel, prompt: torch.Tensor, recorder: CallRecorder
-) -> Callable[[], torch.Tensor]:
-    assert case.steps is not None and case.block_length is not None and loaded.mask_id is not None
-    steps, block_length, mask_id = case.steps, case.block_length, loaded.mask_id
-    remasking = case.remasking or "low_confidence"
-    temperature = case.temperature or 0.0
-    cfg_scale = case.cfg_scale or 0.0
-
-    def call() -> torch.Tensor:
-        return recorder.record(
-            generate(
-                loaded.model,
-                prompt,
-                steps=steps,
-                gen_length=case.gen_length,
-                block_length=block_length,
-                temperature=temperature,
-                cfg_scale=cfg_scale,
-                remasking=remasking,
-                mask_id=mask_id,
-            )
+def check_length(case: Case, loaded: LoadedModel) -> None:
+    """A checkpoint's maximum sequence length must hold the prompt and the generated tokens."""
+    total = case.prompt_length + case.gen_length
+    if loaded.max_length is not None and total > loaded.max_length:
+        raise ValueError(
+            f"prompt_length + gen_length = {total} exceeds the maximum sequence length {loaded.max_length} "
+            f"of model '{case.model.name}'"
         )
-
-    return call
-
-
-def _baseline_call(
-    case: Case,
-    loaded: LoadedModel,
-    prompt: torch.Tensor,
-    recorder: CallRecorder,
-    *,
-    new_tokens: int,
-    fixed_length: bool = True,
-) -> Callable[[], torch.Tensor]:
-    """Greedy transformers generate with the KV cache: exactly `new_tokens` new tokens
-    (EOS suppressed until then), or with `fixed_length=False` stopping at EOS."""
-    attention_mask = torch.ones_like(prompt)
-    pad_id = loaded.pad_id if loaded.pad_id is not None else (loaded.eos_ids[0] if loaded.eos_ids else 0)
-    generate_fn: Callable[..., torch.Tensor] = loaded.model.generate  # type: ignore[assignment]
-
-    def call() -> torch.Tensor:
-        with torch.inference_mode():
-            output = generate_fn(
-                input_ids=prompt,
-                attention_mask=attention_mask,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens if fixed_length else 0,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=pad_id,
-            )
-        return recorder.record(output)
-
-    return call
 
 
 def check_output(case: Case, loaded: LoadedModel, output: torch.Tensor | None) -> None:
-    """The last output has the expected shape (an error otherwise); a LLaDA canvas with
-    mask tokens left is logged (the model itself predicted the mask id, which the
-    reference algorithm allows; a trained model does not)."""
+    """The last output has the expected shape (an error otherwise), and what the kind checks."""
     expected = (case.batch_size, case.prompt_length + case.gen_length)
     if output is None or tuple(output.shape) != expected:
         shape = None if output is None else tuple(output.shape)
         raise RuntimeError(f"{case.case_id}: generate returned shape {shape}, expected {expected}")
-    if case.kind == "llada" and loaded.mask_id is not None:
-        left = int(torch.eq(output[:, case.prompt_length :], loaded.mask_id).sum().item())
-        if left:
-            LOG.warning("case %s: %d mask tokens remain: the model predicted the mask id", case.case_id, left)
+    backend(case.kind).check_output(case, loaded, output)
 
 
 def tokens_until_eos(generated: torch.Tensor, eos_ids: Sequence[int], *, length: int | None = None) -> int:
@@ -212,41 +190,44 @@ def run_case(
     loaded: LoadedModel,
     measure: Measure = measure_with_own_timer,
     progress: CaseProgress | None = None,
-) -> dict[str, object]:
+) -> Row:
     """Measure one case and return its complete row."""
+    check_length(case, loaded)
+    kind = backend(case.kind)
     recorder = CallRecorder()
     progress = progress or CaseProgress(None, 0, 0, 0)
+    load = host_load()
     prompt = case_prompt(case, loaded)
-    call = make_call(case, loaded, prompt, recorder)
+    call = kind.build_call(case, loaded, prompt, recorder)
     progress_hook = loaded.model.register_forward_hook(progress.forward)
     try:
         profile = _warm_up(loaded, call, case.warmup_rounds, progress.round_started)
         count_hook = loaded.model.register_forward_hook(recorder.count_forward)
-        recorder.forwards = recorder.calls = 0
+        recorder.reset()
         try:
+            cpu_start, wall_start = time.process_time(), time.perf_counter()
             with MemoryTracker(loaded.device) as memory, EnergyTracker(loaded.device) as energy:
                 durations = measure(call, case.measured_rounds, progress.round_started)
+            cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - wall_start
         finally:
             count_hook.remove()
     finally:
         progress_hook.remove()
     check_output(case, loaded, recorder.last_output)
-    row = case_row(case, loaded)
     stats = LatencyStats.from_durations(durations)
-    row.update(_latency_fields(stats))
-    row.update(_token_fields(case, loaded, prompt, recorder, stats))
-    row.update(_forward_fields(profile))
-    row.update(_memory_fields(memory.record()))
-    row.update(_energy_fields(case, energy.record(), loaded.device))
-    if case.kind == "baseline":
-        row.update(_ttft_fields(case, loaded, prompt, stats))
-    row.update(status="ok", error="", timestamp=utc_now())
-    return row
-
-
-def forwards_per_call(case: Case) -> int:
-    """Forward passes one generate call makes: LLaDA steps, or one per new AR token."""
-    return case.steps if case.kind == "llada" and case.steps else case.gen_length
+    values: dict[str, object] = {
+        **_latency_fields(stats),
+        **_token_fields(case, loaded, prompt, recorder, stats),
+        **_forward_fields(profile),
+        **_memory_fields(memory.record()),
+        **_energy_fields(case, energy.record(), loaded.device),
+        **kind.extra_fields(case, loaded, prompt, stats),
+        **_load_fields(load, stats, cpu_s / wall_s if loaded.device.type == "cpu" and wall_s > 0 else None),
+        "status": "ok",
+        "error": None,
+        "timestamp": utc_now(),
+    }
+    return case_row(case, loaded).with_values(values)
 
 
 def _warm_up(
@@ -264,18 +245,13 @@ def _warm_up(
 
 def _latency_fields(stats: LatencyStats) -> dict[str, object]:
     return {
-        "latency_mean_s": f"{stats.mean:.6f}",
-        "latency_median_s": f"{stats.median:.6f}",
-        "latency_min_s": f"{stats.min:.6f}",
-        "latency_max_s": f"{stats.max:.6f}",
-        "latency_stddev_s": f"{stats.stddev:.6f}",
+        "latency_mean_s": stats.mean,
+        "latency_median_s": stats.median,
+        "latency_min_s": stats.min,
+        "latency_max_s": stats.max,
+        "latency_stddev_s": stats.stddev,
+        "latency_cv": stats.stddev / stats.mean if stats.mean > 0 else None,
     }
-
-
-def natural_length_output(case: Case, loaded: LoadedModel, prompt: torch.Tensor) -> torch.Tensor:
-    """The baseline's output when it may stop at EOS (an untimed extra call): the timed
-    calls suppress EOS to fix the length, so where the model would stop is seen here."""
-    return _baseline_call(case, loaded, prompt, CallRecorder(), new_tokens=case.gen_length, fixed_length=False)()
 
 
 def _token_fields(
@@ -283,37 +259,37 @@ def _token_fields(
 ) -> dict[str, object]:
     assert recorder.last_output is not None
     generated = case.batch_size * case.gen_length
-    output = recorder.last_output if case.kind == "llada" else natural_length_output(case, loaded, prompt)
+    output = backend(case.kind).eos_output(case, loaded, prompt, recorder.last_output)
     until_eos = tokens_until_eos(output[:, case.prompt_length :], loaded.eos_ids, length=case.gen_length)
-    nfe = recorder.forwards_per_call()
+    nfe = recorder.nfe()
     return {
         "generated_tokens": generated,
-        "tokens_per_s": f"{generated / stats.mean:.3f}",
+        "tokens_per_s": generated / stats.mean,
         "tokens_until_eos": until_eos,
-        "eos_tokens_per_s": f"{until_eos / stats.mean:.3f}",
+        "eos_tokens_per_s": until_eos / stats.mean,
         "nfe": nfe,
-        "cfg_batch_factor": 2 if case.cfg_scale else 1,
-        "tokens_per_forward": f"{case.gen_length / nfe:.4f}" if nfe else "",
+        "nfe_min": min(recorder.per_call),
+        "nfe_max": max(recorder.per_call),
+        "cfg_batch_factor": case.settings.batch_factor(),
+        "tokens_per_forward": case.gen_length / nfe if nfe else None,
     }
 
 
 def _forward_fields(profile: ForwardProfile | None) -> dict[str, object]:
     if profile is None or not profile.forward_s:
         return {}
-    share = profile.outside_forward_share()
     return {
-        "forward_mean_s": f"{statistics.fmean(profile.forward_s):.6f}",
-        "outside_forward_share": "" if share is None else f"{share:.4f}",
+        "forward_mean_s": statistics.fmean(profile.forward_s),
+        "outside_forward_share": profile.outside_forward_share(),
     }
 
 
 def _memory_fields(record: MemoryRecord) -> dict[str, object]:
-    values = {
+    return {
         "peak_memory_allocated_mb": record.peak_memory_allocated_mb,
         "peak_memory_reserved_mb": record.peak_memory_reserved_mb,
         "peak_rss_increase_mb": record.peak_rss_increase_mb,
     }
-    return {name: "" if value is None else f"{value:.1f}" for name, value in values.items()}
 
 
 def _energy_fields(case: Case, record: EnergyRecord, device: torch.device) -> dict[str, object]:
@@ -322,30 +298,36 @@ def _energy_fields(case: Case, record: EnergyRecord, device: torch.device) -> di
         LOG.log(level, "case %s: no energy figure: %s", case.case_id, record.reason)
         return {}
     per_call = record.energy_j / case.measured_rounds
+    return {"energy_j": per_call, "energy_per_token_j": per_call / (case.batch_size * case.gen_length)}
+
+
+def _load_fields(load: HostLoad, stats: LatencyStats, cpu_time_ratio: float | None) -> dict[str, object]:
+    latency_cv = stats.stddev / stats.mean if stats.mean > 0 else None
     return {
-        "energy_j": f"{per_call:.3f}",
-        "energy_per_token_j": f"{per_call / (case.batch_size * case.gen_length):.6f}",
+        "torch_threads": load.threads,
+        "cpu_count": load.cpu_count,
+        "load_avg_1m": load.load_avg_1m,
+        "cpu_time_ratio": cpu_time_ratio,
+        "noise_warning": noise_warning(load, latency_cv) or None,
     }
 
 
-def _ttft_fields(case: Case, loaded: LoadedModel, prompt: torch.Tensor, stats: LatencyStats) -> dict[str, object]:
-    """Time to first token: a prefill-only call (one new token), timed the same way."""
-    prefill = _baseline_call(case, loaded, prompt, CallRecorder(), new_tokens=1)
-    ttft = statistics.fmean(time_rounds(prefill, warmup_rounds=1, measured_rounds=case.measured_rounds))
-    fields: dict[str, object] = {"ttft_s": f"{ttft:.6f}"}
-    if case.gen_length > 1:
-        fields["tpot_s"] = f"{max(0.0, stats.mean - ttft) / (case.gen_length - 1):.6f}"
-    return fields
-
-
-def error_row(case: Case, loaded: LoadedModel | None, exc: BaseException, status: str = "error") -> dict[str, object]:
+def error_row(case: Case, loaded: LoadedModel | None, exc: BaseException, status: str = "error") -> Row:
     """The row of a failed case: status `error` or `oom` and the error's first line."""
-    row = case_row(case, loaded)
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
-    row.update(status=status, error=f"{type(exc).__name__}: {first}"[:500], timestamp=utc_now())
-    return row
+    return case_row(case, loaded).with_values(
+        {"status": status, "error": f"{type(exc).__name__}: {first}"[:500], "timestamp": utc_now()}
+    )
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA out of memory, Python's MemoryError, or a CPU allocator failure."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "DefaultCPUAllocator: can't allocate memory" in text
+        or "not enough memory" in text
+        or "out of memory" in text.lower()
+    )

@@ -1,8 +1,11 @@
-"""Stop a run cleanly on SIGTERM / SIGUSR2 (SLURM, scancel, CI cancel).
+"""Stop a run cleanly on SIGTERM / SIGUSR2 (SLURM, scancel, CI cancel), and never let a
+signal interrupt the saving of results.
 
-The first signal asks for a stop after the running case; a second one interrupts at once
-(raised as KeyboardInterrupt, which pytest handles like Ctrl+C). The previous handlers
-are put back by `restore`.
+While cases run, the first SIGTERM or SIGUSR2 asks for a stop after the running case; a
+second one interrupts at once (raised as KeyboardInterrupt, which pytest handles like
+Ctrl+C). Once the run saves its results (`defer`, from the first Ctrl+C or the end of the
+run on), SIGINT, SIGTERM and SIGUSR2 are only recorded and logged: the save finishes.
+`restore` puts the previous handlers back.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from types import FrameType
 LOG = logging.getLogger("dllm_bench.signals")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+SAVE_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
@@ -27,13 +31,22 @@ class GracefulStop:
         self._request_stop = request_stop
         self._previous: dict[int, Handler] = {}
         self.received: list[str] = []
+        self.deferred: list[str] = []
+
+    def _set(self, signals: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            LOG.warning("not on the main thread: signals cannot be handled by the suite")
+            return
+        for sig in signals:
+            previous = signal.signal(sig, handler)
+            self._previous.setdefault(sig, previous)
 
     def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            LOG.warning("not on the main thread: SIGTERM/SIGUSR2 will not stop the run cleanly")
-            return
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        self._set(STOP_SIGNALS, self._handle)
+
+    def defer(self) -> None:
+        """From now on, signals are recorded, not acted on: the results are being saved."""
+        self._set(SAVE_SIGNALS, self._record)
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
@@ -49,6 +62,11 @@ class GracefulStop:
             return
         LOG.warning("received %s again: interrupting now", name)
         raise KeyboardInterrupt(f"second stop signal ({name})")
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self.deferred.append(name)
+        LOG.warning("received %s while saving the results; the save finishes first", name)
 
     @property
     def first_signal(self) -> str | None:

@@ -1,8 +1,11 @@
 """Load the models of a config once per process.
 
-A `random-init` entry is first written to a local model folder (config, weights and, for
-LLaDA, the remote-code files) and then loaded through the same `from_pretrained` call a
-hub checkpoint or a local path takes, so the path real checkpoints use is the one tested.
+A `random-init` entry is first written to a folder in the model cache (config, weights
+and, for LLaDA, the remote-code files) and then loaded through the same call a hub
+checkpoint or a local folder takes, so the path real checkpoints use is the one tested.
+A cache folder is used only after `verify_folder` accepted it. Every failure to load,
+whatever raised it, becomes one `ModelLoadError` naming the model, its source, the
+library versions and what to do; a model that failed is not tried again.
 """
 
 from __future__ import annotations
@@ -14,15 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from filelock import FileLock
-from transformers import AutoModel, AutoModelForCausalLM
 
-from dllm_bench.config import ModelSpec
-from dllm_bench.models.random_init import folder_key, known_arch_keys, write_llada_folder, write_llama_folder
+from dllm_bench.backends import backend
+from dllm_bench.models.random_init import (
+    CacheFolderError,
+    folder_key,
+    remove_stale_temporaries,
+    verify_folder,
+)
+from dllm_bench.spec import HUB_ID_PATTERN, ModelSpec, one_line
 
 LOG = logging.getLogger("dllm_bench.models")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -40,6 +55,7 @@ class LoadedModel:
     eos_ids: tuple[int, ...]
     pad_id: int | None
     special_ids: tuple[int, ...]
+    max_length: int | None
     load_seconds: float
 
 
@@ -66,58 +82,75 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def unknown_arch_keys(spec: ModelSpec) -> list[str]:
-    """Architecture keys of a random-init entry that its config class does not know."""
-    known = known_arch_keys(spec.kind)
-    return sorted(key for key, _ in spec.arch if key not in known)
-
-
-def model_folder(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype) -> Path:
-    """The folder or hub id to load from; random-init folders are written once and reused.
-
-    A file lock keeps two processes (xdist workers) from writing the same folder.
-    """
-    if not spec.is_random_init:
-        return Path(spec.source)
+def random_init_folder(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype) -> Path:
+    """The cache folder of a random-init entry, written once (under a lock, so xdist workers
+    do not write it twice) and verified before every use."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ModelLoadError(f"the model cache {cache_dir} is not a folder; pass --model-cache-dir with a folder")
     dtype_name = str(dtype).removeprefix("torch.")
     folder = cache_dir / f"{spec.kind}-{folder_key(spec.kind, spec.arch_dict(), spec.seed, dtype_name)}"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    writer = write_llada_folder if spec.kind == "llada" else write_llama_folder
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / "config.json").exists():
-            LOG.info("writing random-init weights of %s to %s", spec.name, folder)
-            writer(folder, spec.arch_dict(), seed=spec.seed, dtype=dtype)
+    kind = backend(spec.kind)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            remove_stale_temporaries(folder)
+            kind.write_random_init(folder, spec.arch_dict(), seed=spec.seed, dtype=dtype)
+            verify_folder(folder, kind.code_files())
+    except CacheFolderError as exc:
+        raise ModelLoadError(f"model '{spec.name}': {exc}") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"model '{spec.name}': cannot write the model cache {cache_dir}: {exc}") from exc
     return folder
 
 
 def load_model(spec: ModelSpec, cache_dir: Path) -> LoadedModel:
-    """Load one model entry onto its device, in eval mode."""
+    """Load one model entry onto its device, in eval mode; raises ModelLoadError only."""
+    try:
+        return _load(spec, cache_dir)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(_describe_failure(spec, exc)) from exc
+
+
+def _load(spec: ModelSpec, cache_dir: Path) -> LoadedModel:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     start = time.perf_counter()
-    source = model_folder(spec, cache_dir, dtype)
-    model = _from_pretrained(spec, source, dtype).to(device).eval()
+    location = str(random_init_folder(spec, cache_dir, dtype)) if spec.is_random_init else spec.location()
+    _check_local_folder(spec, location)
+    model = backend(spec.kind).load(spec, location, dtype).to(device).eval()
     seconds = time.perf_counter() - start
     loaded = _describe(spec, model, device, dtype, seconds)
     LOG.info("loaded model %s (%s) on %s in %s in %.2f s", spec.name, spec.source, device, dtype, seconds)
     return loaded
 
 
-def _from_pretrained(spec: ModelSpec, source: Path, dtype: torch.dtype) -> torch.nn.Module:
-    # A local folder is used as it is; anything else is taken as a hub id.
-    name = str(source)
-    try:
-        if spec.kind == "llada":
-            model: torch.nn.Module = AutoModel.from_pretrained(name, trust_remote_code=True, dtype=dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    except (OSError, ValueError) as exc:
+def _check_local_folder(spec: ModelSpec, location: str) -> None:
+    folder = Path(location)
+    if not (spec.is_local or spec.is_random_init):
+        return
+    if not folder.is_dir():
+        raise ModelLoadError(f"model '{spec.name}': the folder {folder} does not exist")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ModelLoadError(
-            f"model '{spec.name}': could not load '{spec.source}': {_one_line(exc)}. "
-            "For a hub id, download it first (HF_HUB_OFFLINE=0 huggingface-cli download ID) "
-            "or give a local path."
-        ) from exc
-    return model
+            f"model '{spec.name}': {folder} has no weights file ({', '.join(WEIGHT_FILES)}); "
+            "download the checkpoint completely (e.g. huggingface-cli download ID --local-dir FOLDER)"
+        )
+
+
+def _describe_failure(spec: ModelSpec, exc: BaseException) -> str:
+    versions = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    advice = "check the folder and the versions above"
+    if HUB_ID_PATTERN.match(spec.source):
+        advice = (
+            "download it first (HF_HUB_OFFLINE=0 huggingface-cli download "
+            f"{spec.source}{' --revision ' + spec.revision if spec.revision else ''}) or give a local folder"
+        )
+    return (
+        f"model '{spec.name}' ({spec.source}) could not be loaded with {backend(spec.kind).loader_name} "
+        f"({versions}): {type(exc).__name__}: {one_line(str(exc))[:300]}; {advice}"
+    )
 
 
 def _describe(
@@ -132,10 +165,9 @@ def _describe(
     )
     pad_id = getattr(cfg, "pad_token_id", None)
     bos_ids = _as_ids(getattr(cfg, "bos_token_id", None))
-    if spec.kind == "llada" and mask_id is None:
-        raise ModelLoadError(f"model '{spec.name}': its config has no mask_token_id; is it a LLaDA checkpoint?")
     special = {*eos_ids, *bos_ids}
     special.update(i for i in (mask_id, pad_id) if i is not None)
+    max_length = getattr(cfg, "max_sequence_length", None) or getattr(cfg, "max_position_embeddings", None)
     return LoadedModel(
         spec=spec,
         model=model,
@@ -146,6 +178,7 @@ def _describe(
         eos_ids=eos_ids,
         pad_id=pad_id,
         special_ids=tuple(sorted(special)),
+        max_length=int(max_length) if max_length else None,
         load_seconds=seconds,
     )
 
@@ -158,11 +191,6 @@ def _as_ids(value: object) -> tuple[int, ...]:
     if isinstance(value, list | tuple):
         return tuple(int(v) for v in value)
     raise ModelLoadError(f"unexpected token id value {value!r} in the model config")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300]
 
 
 class ModelCache:
@@ -187,6 +215,3 @@ class ModelCache:
 
     def is_loaded(self, spec: ModelSpec) -> bool:
         return spec in self._models
-
-    def loaded(self) -> list[LoadedModel]:
-        return list(self._models.values())

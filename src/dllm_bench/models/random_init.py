@@ -36,9 +36,13 @@ from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LL
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
 
 __all__ = [
+    "CACHE_MANIFEST",
     "LLADA_REMOTE_CODE_FILES",
+    "CacheFolderError",
     "folder_key",
     "llada_source_dir",
+    "remove_stale_temporaries",
+    "verify_folder",
     "write_llada_folder",
     "write_llama_folder",
 ]
@@ -47,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 #: The remote-code files copied into every LLaDA folder.
 LLADA_REMOTE_CODE_FILES: tuple[str, ...] = ("configuration_llada.py", "modeling_llada.py")
+
+#: The file in every folder the suite writes that lists the files it wrote (name, size, sha256).
+CACHE_MANIFEST = "dllm-bench-cache.json"
+#: Version of the cache folder layout; part of the folder name, so older folders are not reused.
+CACHE_FORMAT = 2
+#: Files up to this size are checked by their sha256 on every use; larger ones by their size.
+HASHED_FILE_LIMIT = 64 * 2**20
 
 # Keys LlamaConfig reads besides its dataclass fields (transformers 5 converts them to ``rope_parameters``).
 _LLAMA_LEGACY_KEYS = frozenset({"rope_theta", "rope_scaling"})
@@ -63,7 +74,7 @@ def folder_key(kind: str, arch: Mapping[str, Any], seed: int, dtype: str) -> str
     The JSON has sorted keys and no whitespace, so the key does not depend on
     the order of ``arch``. Values of ``arch`` must be JSON-serialisable.
     """
-    payload = {"kind": kind, "arch": dict(arch), "seed": seed, "dtype": dtype}
+    payload = {"kind": kind, "arch": dict(arch), "seed": seed, "dtype": dtype, "format": CACHE_FORMAT}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -77,7 +88,7 @@ def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
     remote-code files are refreshed if they differ from the package's.
     """
     folder = Path(folder)
-    _check_keys("LLaDA", arch, known_arch_keys("llada"))
+    _check_keys("LLaDA", arch, frozenset(LLADA_CONFIG_KEYS))
     _check_dtype(dtype)
     sources = [llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES]
     if _is_complete(folder):
@@ -100,7 +111,7 @@ def write_llama_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
     returned without rewriting.
     """
     folder = Path(folder)
-    _check_keys("Llama", arch, known_arch_keys("baseline"))
+    _check_keys("Llama", arch, llama_arch_keys())
     _check_dtype(dtype)
     if _is_complete(folder):
         logger.info("Llama folder %s already exists, not rewriting it", folder)
@@ -113,10 +124,8 @@ def write_llama_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
     return _write_atomically(folder, build, seed=seed, dtype=dtype, extra_files=())
 
 
-def known_arch_keys(kind: str) -> frozenset[str]:
-    """The architecture keys a random-init entry of this kind (llada or baseline) accepts."""
-    if kind == "llada":
-        return frozenset(LLADA_CONFIG_KEYS)
+def llama_arch_keys() -> frozenset[str]:
+    """The architecture keys a random-init Llama accepts: LlamaConfig's fields and legacy keys."""
     return frozenset(f.name for f in dataclasses.fields(LlamaConfig)) | _LLAMA_LEGACY_KEYS
 
 
@@ -183,6 +192,7 @@ def _write_atomically(
         del model
         for source in extra_files:
             shutil.copyfile(source, tmp / source.name)
+        write_cache_manifest(tmp)
         try:
             # Replaces ``folder`` only if it is missing or an empty directory.
             os.rename(tmp, folder)
@@ -203,7 +213,9 @@ def _write_atomically(
 
 
 def _refresh_files(folder: Path, sources: Sequence[Path]) -> None:
-    """Atomically replace the copies in ``folder`` of files that differ from ``sources``."""
+    """Atomically replace the copies in ``folder`` of files that differ from ``sources``
+    (the suite's own code after an upgrade), then rewrite the folder's cache manifest."""
+    changed = False
     for source in sources:
         target = folder / source.name
         data = source.read_bytes()
@@ -217,9 +229,100 @@ def _refresh_files(folder: Path, sources: Sequence[Path]) -> None:
                     handle.write(data)
                 os.chmod(tmp_name, 0o644)
                 os.replace(tmp_name, target)
+                changed = True
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_name)
                 raise
         except OSError as err:
             logger.warning("could not update %s: %s", target, err)
+    if changed and (folder / CACHE_MANIFEST).is_file():
+        write_cache_manifest(folder)
+
+
+class CacheFolderError(RuntimeError):
+    """A model cache folder the suite will not use; the message says why and what to do."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    return {"size": size, "sha256": _sha256(path) if size <= HASHED_FILE_LIMIT else None}
+
+
+def write_cache_manifest(folder: Path) -> None:
+    """List every file of ``folder`` (size, and sha256 for files up to HASHED_FILE_LIMIT)."""
+    files = {p.name: _file_record(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CACHE_MANIFEST}
+    text = json.dumps({"format": CACHE_FORMAT, "files": files}, indent=2, sort_keys=True) + "\n"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{CACHE_MANIFEST}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, folder / CACHE_MANIFEST)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def verify_folder(folder: Path, code_sources: Sequence[Path] = ()) -> None:
+    """Refuse a cache folder the suite did not write for this user, or that changed since.
+
+    The folder must be owned by the current user and not writable by group or others; its
+    cache manifest must list exactly the files present, with their sizes (and sha256 for
+    small files); the code files must equal the installed package's. Raises CacheFolderError.
+    """
+    remedy = f"remove {folder} to have it written again"
+    info = folder.lstat()
+    if not folder.is_dir() or folder.is_symlink():
+        raise CacheFolderError(f"model cache entry {folder} is not a folder; {remedy}")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise CacheFolderError(f"model cache folder {folder} belongs to uid {info.st_uid}, not to you; {remedy}")
+    if info.st_mode & 0o022:
+        raise CacheFolderError(f"model cache folder {folder} is writable by group or others; {remedy}")
+    try:
+        listed = json.loads((folder / CACHE_MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CacheFolderError(f"model cache folder {folder} has no valid {CACHE_MANIFEST} ({exc}); {remedy}") from exc
+    present = {p.name for p in folder.iterdir() if p.name != CACHE_MANIFEST}
+    if not isinstance(listed, dict) or present != set(listed):
+        extra = sorted(present - set(listed)) if isinstance(listed, dict) else sorted(present)
+        raise CacheFolderError(f"model cache folder {folder} holds files the suite did not write {extra}; {remedy}")
+    for name, record in listed.items():
+        _check_file(folder / name, record, remedy)
+    for source in code_sources:
+        if (folder / source.name).read_bytes() != source.read_bytes():
+            raise CacheFolderError(f"{folder / source.name} differs from the installed suite's {source}; {remedy}")
+
+
+def _check_file(path: Path, record: Any, remedy: str) -> None:
+    if not path.is_file() or path.is_symlink():
+        raise CacheFolderError(f"{path} is not a regular file; {remedy}")
+    size = path.stat().st_size
+    if not isinstance(record, dict) or record.get("size") != size:
+        expected = record.get("size") if isinstance(record, dict) else "?"
+        raise CacheFolderError(f"{path} has {size} bytes, {expected} were written (truncated or changed); {remedy}")
+    if record.get("sha256") is not None and record["sha256"] != _sha256(path):
+        raise CacheFolderError(f"{path} changed since the suite wrote it (sha256 differs); {remedy}")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the ``.<name>.tmp-*`` folders a killed writer of ``folder`` left beside it.
+
+    Call only while holding the folder's writer lock: every writer holds it while its
+    temporary folder exists, so any such folder found then belongs to a writer that is gone.
+    """
+    removed = []
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale)
+        logger.info("removed %s, left by a writer that was stopped", stale)
+    return removed

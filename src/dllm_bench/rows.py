@@ -1,0 +1,303 @@
+"""The result row: one typed record per finished case, the single list of CSV columns.
+
+A `Row` holds typed values (numbers are numbers, units are in the column names) from the
+moment a case is measured until a sink writes it. Only the CSV sink formats them
+(`format_cells`), and every reader turns CSV cells back into the same types
+(`Row.from_cells`), so the gate, the summary, merge and the report compare numbers, not
+strings. The column list, its order and each column's meaning come from the dataclass
+fields below; the README's column table is checked against them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# How many significant digits a float column keeps in the CSV (format spec per column).
+_SECONDS = ".6f"
+_RATE = ".3f"
+_SHARE = ".4f"
+_MIB = ".1f"
+
+# Cells of text columns that start with one of these are prefixed with a quote when written,
+# so that a spreadsheet opening the CSV does not evaluate them as formulas.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_ESCAPE = "'"
+
+
+def _column(doc: str, fmt: str = "") -> Any:
+    """A row field: its meaning (the README text) and, for floats, its CSV format spec."""
+    return field(default=None, metadata={"doc": doc, "fmt": fmt})
+
+
+@dataclass(frozen=True)
+class Row:
+    """One finished case. Field order is the CSV column order."""
+
+    case_id: str = field(metadata={"doc": "the pytest case id part, e.g. tiny-llada-p32-g32-b1-s16-k32", "fmt": ""})
+    model: str | None = _column("model name from the config (models[].name)")
+    kind: str | None = _column("llada or baseline (models[].kind)")
+    model_id: str | None = _column(
+        "12 hex digits identifying the whole model entry (name, kind, source, revision, dtype, device, arch, "
+        "seed, trust_remote_code): a changed entry is a different case for resume, the gate and merge"
+    )
+    source: str | None = _column("random-init, a hub id or a local path (models[].source)")
+    model_seed: int | None = _column("seed of the random-init weights (models[].seed)")
+    device: str | None = _column("device the case ran on, e.g. cpu or cuda:0")
+    dtype: str | None = _column("torch dtype of the weights")
+    prompt_length: int | None = _column("prompt tokens per sequence (grid.prompt_length)")
+    gen_length: int | None = _column("generated positions per sequence (grid.gen_length)")
+    batch_size: int | None = _column("sequences per generate call (grid.batch_size)")
+    seed: int | None = _column("seed of the prompts (seed)")
+    task: str | None = _column("what the prompts are and how outputs are scored (grid.task); random is speed only")
+    steps: int | None = _column("LLaDA diffusion steps (llada.steps); empty for baseline")
+    block_length: int | None = _column("LLaDA block length (llada.block_length); empty for baseline")
+    remasking: str | None = _column("LLaDA remasking strategy (llada.remasking); empty for baseline")
+    temperature: float | None = _column("LLaDA Gumbel temperature (llada.temperature); empty for baseline")
+    cfg_scale: float | None = _column("LLaDA classifier-free guidance scale (llada.cfg_scale); empty for baseline")
+    cache: str | None = _column("LLaDA KV cache: none, prefix or dual (llada.cache); empty for baseline")
+    threshold: float | None = _column(
+        "LLaDA parallel decoding: commit every masked position of the block with confidence >= threshold "
+        "(llada.threshold); empty for fixed steps and for baseline"
+    )
+    factor: float | None = _column(
+        "LLaDA parallel decoding by the factor rule (llada.factor); empty for fixed steps and for baseline"
+    )
+    warmup_rounds: int | None = _column("untimed calls before measuring (warmup_rounds)")
+    measured_rounds: int | None = _column("timed calls (measured_rounds)")
+    status: str | None = _column("ok; oom (out of memory) or error for a failed case")
+    error: str | None = _column("first line of the error for a failed case; empty when ok")
+    latency_mean_s: float | None = _column("mean seconds per generate call over the measured rounds", _SECONDS)
+    latency_median_s: float | None = _column("median seconds per generate call", _SECONDS)
+    latency_min_s: float | None = _column("fastest generate call, seconds", _SECONDS)
+    latency_max_s: float | None = _column("slowest generate call, seconds", _SECONDS)
+    latency_stddev_s: float | None = _column(
+        "sample standard deviation of the calls, seconds (0 for one round)", _SECONDS
+    )
+    latency_cv: float | None = _column(
+        "coefficient of variation of the measured calls: latency_stddev_s / latency_mean_s", _SHARE
+    )
+    generated_tokens: int | None = _column("generated positions per call: batch_size x gen_length (prompt excluded)")
+    tokens_per_s: float | None = _column("generated positions per second: generated_tokens / latency_mean_s", _RATE)
+    tokens_until_eos: int | None = _column(
+        "generated tokens up to and including each sequence's first EOS (all if none), summed"
+    )
+    eos_tokens_per_s: float | None = _column("tokens_until_eos / latency_mean_s", _RATE)
+    nfe: float | None = _column(
+        "model forward passes per generate call, counted, the mean over the measured calls "
+        "(LLaDA fixed steps: steps; baseline: gen_length)",
+        ".2f",
+    )
+    nfe_min: int | None = _column("fewest forward passes of one measured call")
+    nfe_max: int | None = _column("most forward passes of one measured call")
+    cfg_batch_factor: int | None = _column(
+        "batch multiplier of each forward pass: 2 with cfg_scale > 0 (one pass, doubled batch), else 1"
+    )
+    tokens_per_forward: float | None = _column(
+        "gen_length / nfe: positions committed per forward pass per sequence", _SHARE
+    )
+    agreement_exact: float | None = _column(
+        "LLaDA: share of generated positions equal to the exact decode of the same prompts (same model and "
+        "block length, one token per step, no cache); 1 for the exact decode itself",
+        _SHARE,
+    )
+    accuracy: float | None = _column(
+        "share of the scored prompts answered correctly; empty for the random task", _SHARE
+    )
+    accuracy_se: float | None = _column("standard error of accuracy: sqrt(accuracy (1 - accuracy) / n_scored)", _SHARE)
+    n_scored: int | None = _column("prompts scored for accuracy (the measured calls' and extra untimed batches')")
+    aup: float | None = _column(
+        "raw_metrics.csv only, LLaDA rows: accuracy under parallelism of this model and task over the run's "
+        "LLaDA settings (see the README's 'Quality'); empty without a task or an exact decode in the grid",
+        _SHARE,
+    )
+    forward_mean_s: float | None = _column(
+        "mean seconds per forward pass, timed with device sync in the last warm-up call", _SECONDS
+    )
+    outside_forward_share: float | None = _column(
+        "share of that call's time spent outside forward passes (sampling, generate loop)", _SHARE
+    )
+    ttft_s: float | None = _column(
+        "baseline only: time to first token, mean of prefill-only calls (max_new_tokens=1)", _SECONDS
+    )
+    tpot_s: float | None = _column(
+        "baseline only: time per output token after the first: (latency_mean_s - ttft_s) / (gen_length - 1)", _SECONDS
+    )
+    peak_memory_allocated_mb: float | None = _column(
+        "CUDA: torch.cuda.max_memory_allocated over the measured rounds, MiB", _MIB
+    )
+    peak_memory_reserved_mb: float | None = _column(
+        "CUDA: torch.cuda.max_memory_reserved over the measured rounds, MiB", _MIB
+    )
+    peak_rss_increase_mb: float | None = _column(
+        "CPU: increase of the process's peak resident set size during the measured rounds, MiB", _MIB
+    )
+    energy_j: float | None = _column(
+        "NVIDIA GPUs: joules per generate call from NVML's total-energy counter; empty if unavailable", _RATE
+    )
+    energy_per_token_j: float | None = _column("energy_j / generated_tokens", ".6f")
+    torch_threads: int | None = _column("torch intra-op CPU threads of the process that ran the case")
+    cpu_time_ratio: float | None = _column(
+        "CPU runs: process CPU time / wall time over the measured rounds (about torch_threads when the cores "
+        "were free; far less when other processes took them); empty on CUDA",
+        _SHARE,
+    )
+    load_avg_1m: float | None = _column("the machine's 1-minute load average when the case started", ".2f")
+    cpu_count: int | None = _column("CPU cores the process may run on")
+    noise_warning: str | None = _column(
+        "why the timings may be unreliable: load (load_avg_1m above cpu_count), cv (latency_cv above 0.25), "
+        "or both; empty when neither"
+    )
+    cpu_model: str | None = _column("CPU model name")
+    gpu_name: str | None = _column("GPU model name; empty without CUDA")
+    gpu_count: int | None = _column("number of visible GPUs")
+    driver_version: str | None = _column("NVIDIA driver version (NVML); empty without it")
+    cuda_version: str | None = _column("CUDA version torch was built with; empty for CPU builds")
+    torch_version: str | None = _column("torch version")
+    transformers_version: str | None = _column("transformers version")
+    python_version: str | None = _column("Python version")
+    host: str | None = _column("host name")
+    git_commit: str | None = _column("git commit of the suite; empty outside a git checkout")
+    git_dirty: bool | None = _column("true if the suite's tracked files had uncommitted changes")
+    cuda_visible_devices: str | None = _column(
+        "CUDA_VISIBLE_DEVICES of the process that ran the case (an xdist worker's own GPU)"
+    )
+    xdist_worker: str | None = _column("the pytest-xdist worker that ran the case (gw0, ...); empty in a serial run")
+    timestamp: str | None = _column("UTC time the case finished, ISO 8601")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def key(self) -> CaseKey:
+        """The case's full parameter set (`IDENTITY_COLUMNS`), for matching rows across runs."""
+        return tuple(getattr(self, name) for name in IDENTITY_COLUMNS)
+
+    def with_values(self, values: Mapping[str, object]) -> Row:
+        """A copy with `values` set; an unknown name is an error."""
+        unknown = set(values) - set(COLUMN_NAMES)
+        if unknown:
+            raise KeyError(f"not result columns: {sorted(unknown)}")
+        return dataclasses.replace(self, **values)  # type: ignore[arg-type]
+
+    def to_record(self) -> dict[str, object]:
+        """Plain values (str, int, float, bool, None) for transport, e.g. to the xdist controller."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> Row:
+        return cls(**{name: record.get(name) for name in COLUMN_NAMES})  # type: ignore[arg-type]
+
+    @classmethod
+    def from_cells(cls, cells: Mapping[str, str]) -> Row:
+        """A row from CSV cells (text); a cell that does not parse as its column's type is None."""
+        values = {name: parse_cell(name, cells[name]) for name in COLUMN_NAMES if name in cells}
+        values["case_id"] = values.get("case_id") or ""
+        return cls(**values)  # type: ignore[arg-type]
+
+
+CaseKey = tuple[object, ...]
+
+COLUMNS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Row)
+COLUMN_NAMES: tuple[str, ...] = tuple(f.name for f in COLUMNS)
+COLUMN_DOCS: tuple[tuple[str, str], ...] = tuple((f.name, str(f.metadata["doc"])) for f in COLUMNS)
+_TYPES: dict[str, type] = {
+    name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    for name, hint in typing.get_type_hints(Row).items()
+}
+_FORMATS: dict[str, str] = {f.name: str(f.metadata["fmt"]) for f in COLUMNS}
+
+# The parameters that identify a case: a row matches a case only if all of them agree.
+IDENTITY_COLUMNS: tuple[str, ...] = (
+    "model",
+    "kind",
+    "model_id",
+    "source",
+    "prompt_length",
+    "gen_length",
+    "batch_size",
+    "seed",
+    "task",
+    "steps",
+    "block_length",
+    "remasking",
+    "temperature",
+    "cfg_scale",
+    "cache",
+    "threshold",
+    "factor",
+    "warmup_rounds",
+    "measured_rounds",
+)
+
+# Numeric measurements (what a --gate rule may name), in column order.
+MEASUREMENT_COLUMNS: tuple[str, ...] = tuple(
+    name
+    for name in COLUMN_NAMES[COLUMN_NAMES.index("latency_mean_s") : COLUMN_NAMES.index("energy_per_token_j") + 1]
+    if _TYPES[name] in (int, float) and name != "cfg_batch_factor"
+)
+
+# Columns whose text comes from users or errors (spreadsheet formula escaping applies).
+TEXT_COLUMNS: tuple[str, ...] = tuple(name for name in COLUMN_NAMES if _TYPES[name] is str)
+
+
+def column_type(name: str) -> type:
+    return _TYPES[name]
+
+
+def format_cell(name: str, value: object) -> str:
+    """The CSV text of one value: floats with the column's precision, booleans as true/false,
+    None as empty, text on one line with formula-like starts escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        spec = _FORMATS.get(name, "")
+        return format(value, spec) if spec else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    text = " ".join(str(value).splitlines())
+    if name in TEXT_COLUMNS and text.startswith(FORMULA_PREFIXES):
+        return FORMULA_ESCAPE + text
+    return text
+
+
+def parse_cell(name: str, text: str) -> object:
+    """The typed value of one CSV cell of column `name`; None when empty or not of the type."""
+    kind = _TYPES[name]
+    if kind is str:
+        if text.startswith(FORMULA_ESCAPE) and text[1:2] and text[1:].startswith(FORMULA_PREFIXES):
+            return text[1:]
+        return text or None
+    if text == "":
+        return None
+    if kind is bool:
+        return {"true": True, "false": False}.get(text.strip().lower())
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if kind is int:
+        return int(number) if number.is_integer() else None
+    return number
+
+
+def format_cells(row: Row) -> list[str]:
+    return [format_cell(name, getattr(row, name)) for name in COLUMN_NAMES]
+
+
+def number(row: Row, name: str) -> float | None:
+    """A numeric column's value as a float (None when empty); text columns are an error."""
+    if _TYPES[name] not in (int, float):
+        raise KeyError(f"{name} is not a numeric column")
+    value = getattr(row, name)
+    return None if value is None else float(value)

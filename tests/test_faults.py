@@ -1,0 +1,373 @@
+"""Faults a benchmark run meets in the wild, each reproduced with real processes and real
+files: damaged or removed result files before a resume, short writes and full disks, a
+second run in the same directory, resume matching, unreadable files, planted or damaged
+model-cache folders, and out-of-memory on the CPU. The promise under test: no finished row
+is lost, nothing is silently wrong, and the user gets one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from dllm_bench.models.random_init import CACHE_MANIFEST, folder_key, write_llada_folder
+from dllm_bench.rows import Row
+from dllm_bench.sinks.csvfiles import append_row, read_results
+from tests.helpers import (
+    FINAL,
+    PARTIAL,
+    TINY_LLADA_ARCH,
+    finish,
+    manifest,
+    output_of,
+    rows,
+    slow_grid,
+    start_pytest,
+    tiny_config,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+TINY_IDS = ["tiny-llada-p8-g8-b2-s4-k8", "tiny-llada-p8-g8-b2-s8-k8", "tiny-llama-p8-g8-b2"]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+
+
+def _run(project: Path, *args: str, output_dir: str = "out") -> tuple[int, str]:
+    proc = start_pytest(project, *args, output_dir=output_dir)
+    code = finish(proc)
+    text = output_of(project)
+    (project / "pytest-output.txt").unlink()
+    return code, text
+
+
+def _finished_run(project: Path) -> Path:
+    write_config(project, tiny_config())
+    code, text = _run(project)
+    assert code == 0, text[-3000:]
+    return project / "out"
+
+
+def _ids(path: Path) -> list[str]:
+    return sorted(row.case_id for row in rows(path))
+
+
+# --- 1. resume never empties the final file ----------------------------------------------------
+
+DAMAGES: dict[str, Callable[[Path], None]] = {
+    "removed": lambda p: p.unlink(),
+    "empty": lambda p: p.write_bytes(b""),
+    "header only": lambda p: p.write_bytes(p.read_bytes().split(b"\n", 1)[0] + b"\n"),
+    "no header": lambda p: p.write_bytes(p.read_bytes().split(b"\n", 1)[1]),
+    "utf-8 BOM": lambda p: p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes()),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))
+def test_resume_after_a_damaged_partial_file_keeps_every_row(project: Path, damage: str) -> None:
+    out = _finished_run(project)
+    DAMAGES[damage](out / PARTIAL)
+    code, text = _run(project, "--resume")
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text
+    final = rows(out / FINAL)
+    assert sorted(r.case_id for r in final) == TINY_IDS, "the final file keeps every row the directory held"
+    assert all(r.ok for r in final)
+    assert "all 3 selected cases already have ok rows" in text
+    assert manifest(out)["status"] == "complete"
+
+
+def test_a_partial_file_with_a_garbage_header_is_refused_with_the_file_named(project: Path) -> None:
+    out = _finished_run(project)
+    before = (out / FINAL).read_bytes()
+    (out / PARTIAL).write_bytes(b"name,value\nx,1\n")
+    code, text = _run(project, "--resume")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert f"{out / PARTIAL} is not a dllm-bench results file" in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert (out / FINAL).read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b"tiny-llada,\xe2\x82\n", "not UTF-8"),
+        (b'"' + b"x" * 200_000 + b'",ok\n', "not a CSV line"),
+    ],
+    ids=["torn multi-byte character", "field over 128 KiB"],
+)
+def test_unreadable_lines_are_skipped_and_logged_on_resume(project: Path, line: bytes, why: str) -> None:
+    out = _finished_run(project)
+    with (out / PARTIAL).open("ab") as handle:
+        handle.write(line)
+    code, text = _run(project, "--resume")
+    assert code == 0, text[-3000:]
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+    assert _ids(out / FINAL) == TINY_IDS
+    assert why in (out / "benchmark.log").read_text(errors="replace")
+
+
+def test_a_partial_file_that_is_a_directory_is_refused(project: Path) -> None:
+    out = _finished_run(project)
+    (out / PARTIAL).unlink()
+    (out / PARTIAL).mkdir()
+    code, text = _run(project, "--resume")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+    assert PARTIAL in text
+
+
+def test_a_symlinked_partial_file_is_refused_not_followed(project: Path) -> None:
+    out = _finished_run(project)
+    elsewhere = project / "elsewhere.csv"
+    shutil.move(out / PARTIAL, elsewhere)
+    (out / PARTIAL).symlink_to(elsewhere)
+    before = elsewhere.read_bytes()
+    code, text = _run(project, "--resume")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert "symbolic link" in text
+    assert elsewhere.read_bytes() == before
+
+
+# --- 2, 3. short writes and full disks ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _small_disk(path: Path, size_kib: int) -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(disk: Path, leave_bytes: int) -> Path:
+    """A filler file that leaves about `leave_bytes` free on `disk`."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with filler.open("wb") as handle:
+        handle.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
+@needs_root
+@pytest.mark.parametrize("free_kib", [6, 16, 40], ids=lambda k: f"{k}KiB-free")
+def test_a_full_disk_stops_cleanly_and_resume_completes(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, free_kib: int
+) -> None:
+    write_config(project, tiny_config(grid={"prompt_length": [8], "gen_length": [8], "batch_size": [1, 2, 4]}))
+    with _small_disk(tmp_path_factory.mktemp("disk") / "mnt", 256) as disk:
+        filler = _fill(disk, free_kib * 1024)
+        code, text = _run(project, output_dir=str(disk / "out"))
+        out = disk / "out"
+        assert "INTERNALERROR" not in text and "Traceback" not in text, text[-3000:]
+        assert code in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.USAGE_ERROR), text[-3000:]
+        saved = rows(out / PARTIAL) if (out / PARTIAL).exists() else []
+        if code == pytest.ExitCode.TESTS_FAILED:
+            assert "disk full" in text
+            assert "resume with: pytest" in text
+            lines = (out / PARTIAL).read_bytes().split(b"\n")
+            assert lines[-1] == b"", "no torn line left behind by a failed append"
+            assert len(saved) < 9
+        else:
+            assert "disk full" in text or "not writable" in text
+        filler.unlink()
+        code, text = _run(project, "--resume", output_dir=str(out))
+        assert code == 0, text[-3000:]
+        assert len(rows(out / FINAL)) == 9
+        assert manifest(out)["status"] == "complete"
+
+
+# --- 6. one run per directory ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("second_args", [(), ("--resume",)], ids=["plain", "resume"])
+def test_a_second_run_into_the_same_directory_is_refused(project: Path, second_args: tuple[str, ...]) -> None:
+    slow_grid(project)
+    first = start_pytest(project)
+    wait_for(lambda: (project / "out" / ".dllm-bench-owner.json").exists(), first, "the first run holds out/")
+    second = project / "second"
+    second.mkdir()
+    shutil.copy(project / "test_bench.py", second)
+    shutil.copy(project / "grid.yaml", second)
+    code, text = _run(second, *second_args, output_dir=str(project / "out"))
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert f"is in use by process {first.pid}" in text
+    assert finish(first) == 0, output_of(project)[-3000:]
+    ids = [row.case_id for row in rows(project / "out" / PARTIAL)]
+    assert len(ids) == len(set(ids)) == 9, "one row per case: the second run wrote nothing"
+
+
+# --- 7. resume finds the run of this config ----------------------------------------------------
+
+
+def test_resume_without_output_dir_matches_the_config_path_and_content(project: Path) -> None:
+    for team in ("teamA", "teamB"):
+        (project / team).mkdir()
+    write_config(project / "teamA", tiny_config())
+    write_config(project / "teamB", tiny_config(measured_rounds=1))
+    code, text = _run(project, "--config", "teamA/grid.yaml")
+    assert code == 0, text[-2000:]
+    (run,) = (project / "results").iterdir()
+    before = (run / FINAL).read_bytes()
+    code, text = _run(project, "--config", "teamB/grid.yaml", "--resume")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert "no earlier run of teamB/grid.yaml with this content" in text
+    assert (run / FINAL).read_bytes() == before
+    # The same path with changed content is not the same run either.
+    write_config(project / "teamA", tiny_config(seed=5))
+    code, text = _run(project, "--config", "teamA/grid.yaml", "--resume")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert "the config's content changed since" in text
+
+
+# --- 10, 13. the model cache -------------------------------------------------------------------
+
+
+def _cache_folder(cache: Path) -> Path:
+    return cache / f"llada-{folder_key('llada', TINY_LLADA_ARCH, 0, 'float32')}"
+
+
+def _llada_only(project: Path, cache: Path) -> None:
+    config = tiny_config()
+    config["models"] = config["models"][:1]
+    write_config(project, config)
+    cache.mkdir(exist_ok=True)
+
+
+def test_a_planted_cache_folder_is_refused_and_its_code_never_runs(project: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "shared-cache"
+    _llada_only(project, cache)
+    planted = _cache_folder(cache)
+    write_llada_folder(planted, TINY_LLADA_ARCH, seed=0, dtype=torch.float32)
+    (planted / CACHE_MANIFEST).unlink()
+    marker = tmp_path / "evil-ran"
+    (planted / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    code, text = _run(project, "--model-cache-dir", str(cache))
+    assert code == pytest.ExitCode.TESTS_FAILED
+    assert f"model cache folder {planted} has no valid {CACHE_MANIFEST}" in text
+    assert not marker.exists()
+    assert {r.status for r in rows(project / "out" / FINAL)} == {"error"}
+
+
+@pytest.mark.parametrize("how", ["group-writable", "not owned", "truncated weights", "extra file"])
+def test_a_damaged_or_foreign_cache_folder_fails_once_with_what_to_do(project: Path, tmp_path: Path, how: str) -> None:
+    cache = tmp_path / "cache"
+    _llada_only(project, cache)
+    code, text = _run(project, "--model-cache-dir", str(cache), "-k", "s4")
+    assert code == 0, text[-2000:]
+    folder = _cache_folder(cache)
+    if how == "group-writable":
+        folder.chmod(0o775)
+    elif how == "not owned":
+        if os.geteuid() != 0:
+            pytest.skip("changing a folder's owner needs root (CI runs as root)")
+        os.chown(folder, 65534, 65534)
+    elif how == "truncated weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (folder / "extra.py").write_text("x = 1\n")
+    code, text = _run(project, "--model-cache-dir", str(cache), output_dir="again")
+    assert code == pytest.ExitCode.TESTS_FAILED
+    assert f"remove {folder} to have it written again" in text
+    assert "Traceback" not in text
+    log = (project / "again" / "benchmark.log").read_text()
+    assert log.count("case tiny-llada-p8-g8-b2-s8-k8: error") == 1
+    assert log.count("loaded model") == 0
+
+
+def test_a_cache_dir_that_is_a_file_fails_each_case_without_retrying(project: Path, tmp_path: Path) -> None:
+    write_config(project, tiny_config())
+    cache = tmp_path / "cache-file"
+    cache.write_text("not a folder")
+    code, text = _run(project, "--model-cache-dir", str(cache))
+    assert code == pytest.ExitCode.TESTS_FAILED
+    assert "is not a folder; pass --model-cache-dir with a folder" in text
+    statuses = [r.status for r in rows(project / "out" / FINAL)]
+    assert statuses == ["error"] * 3
+
+
+def test_a_killed_writers_temporary_folder_is_removed(project: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _llada_only(project, cache)
+    stale = cache / f".{_cache_folder(cache).name}.tmp-abandoned"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 4096)
+    code, text = _run(project, "--model-cache-dir", str(cache), "-k", "s4")
+    assert code == 0, text[-2000:]
+    assert not stale.exists()
+    assert f"removed {stale}" in (project / "out" / "benchmark.log").read_text()
+
+
+def test_a_local_folder_without_weights_says_what_to_do(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint"
+    write_llada_folder(folder, TINY_LLADA_ARCH, seed=0, dtype=torch.float32)
+    (folder / "model.safetensors").unlink()
+    config = tiny_config()
+    config["models"] = [{"name": "local", "kind": "llada", "source": str(folder), "device": "cpu"}]
+    write_config(project, config)
+    code, text = _run(project)
+    assert code == pytest.ExitCode.TESTS_FAILED
+    assert "has no weights file" in text and "download the checkpoint completely" in text
+
+
+# --- 12. out of memory on the CPU --------------------------------------------------------------
+
+MEMORY_ERRORS = {
+    "MemoryError": "raise MemoryError()",
+    "allocator": "raise RuntimeError('[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: "
+    "can\\'t allocate memory: you tried to allocate 99999999999 bytes.')",
+}
+
+
+@pytest.mark.parametrize("kind", list(MEMORY_ERRORS))
+def test_cpu_out_of_memory_is_oom_and_allow_oom_applies(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    folder = tmp_path / "hungry-llada"
+    write_llada_folder(folder, TINY_LLADA_ARCH, seed=0, dtype=torch.float32)
+    modeling = folder / "modeling_llada.py"
+    modeling.write_text(
+        modeling.read_text() + "\n\n_forward = LLaDAModelLM.forward\n\n\n"
+        "def _hungry(self, input_ids, *args, **kwargs):\n"
+        "    if input_ids.shape[0] >= 2:\n"
+        f"        {MEMORY_ERRORS[kind]}\n"
+        "    return _forward(self, input_ids, *args, **kwargs)\n\n\n"
+        "LLaDAModelLM.forward = _hungry\n"
+    )
+    config = tiny_config(grid={"prompt_length": [8], "gen_length": [8], "batch_size": [2, 1]})
+    config["models"] = [
+        {"name": "hungry", "kind": "llada", "source": str(folder), "device": "cpu", "trust_remote_code": True}
+    ]
+    write_config(project, config)
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    code, text = _run(project, "--allow-oom")
+    assert code == 0, text[-3000:]
+    statuses = sorted((r.batch_size, r.status) for r in rows(project / "out" / FINAL))
+    assert statuses == [(1, "ok"), (1, "ok"), (2, "oom"), (2, "oom")]
+
+
+# --- CSV cells that a spreadsheet would evaluate -----------------------------------------------
+
+
+def test_formula_like_text_is_escaped_in_the_csv_and_read_back_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    row = Row(case_id="c", status="error", error='=HYPERLINK("http://x")', source="+cmd", host="-h", model="@m")
+    append_row(path, row)
+    text = path.read_text()
+    assert "'=HYPERLINK" in text and "'+cmd" in text and "'-h" in text and "'@m" in text
+    assert read_results(path) == [row]
+    assert Row(case_id="n", latency_mean_s=-1.5).latency_mean_s == -1.5
+    negative = tmp_path / "n.csv"
+    append_row(negative, Row(case_id="n", tpot_s=-0.5))
+    assert "-0.500000" in negative.read_text(), "numbers are not escaped"
