@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,19 @@ def test_the_oom_grid_is_a_valid_config_with_the_oversized_batch_first(tmp_path:
     ids = [line for line in done.stdout.splitlines() if "::test_" in line]
     assert len(ids) == 4
     assert f"-b{gpu_check.OOM_BATCH}-" in ids[0] and "-b1-" in ids[1]
+
+
+@pytest.mark.slow
+def test_a_suite_run_past_the_budget_is_killed_and_fails_its_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "hang_at_start.py").write_text("import time\n\ntime.sleep(120)\n", encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(plugins))
+    started = time.monotonic()
+    run = gpu_check.run_suite(REPO, tmp_path, "hung", cpu_config(), ["-p", "hang_at_start"], Budget(0))
+    assert run.exit_code is None
+    assert time.monotonic() - started < 60  # killed at the limit (1 s), not after the 120 s sleep
+    assert gpu_check.cache_item(run).outcome == FAIL
+    assert "time limit" in gpu_check.cache_item(run).detail
