@@ -22,7 +22,8 @@
 #
 # The suite runs write under DLLM_GPU_CHECK_DIR (their configs, outputs and console logs).
 # Random-init model folders go to the suite's model cache ($DLLM_BENCH_CACHE, else
-# ~/.cache/dllm-bench/models): about 6 GB the first time, reused afterwards.
+# ~/.cache/dllm-bench/models): about 8 GB the first time (the 8B-shape LLaDA and Llama with
+# 4 layers), reused afterwards.
 #
 # Environment:
 #   DLLM_PYTHON             the Python with dllm-bench installed; default: the repository's

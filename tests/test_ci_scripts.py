@@ -71,7 +71,9 @@ def one_case_config() -> dict[str, object]:
     )
 
 
-def script_env(tmp_path: Path, model_cache_dir: Path, *, branch: str, plugins: list[str], run: str) -> dict[str, str]:
+def script_env(
+    tmp_path: Path, model_cache_dir: Path, *, branch: str, plugins: list[str], run: str, store: str = "auto"
+) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("GITHUB_")}
     env.update(
         {
@@ -81,6 +83,7 @@ def script_env(tmp_path: Path, model_cache_dir: Path, *, branch: str, plugins: l
             "DLLM_CI_HISTORY": str(tmp_path / "history"),
             "DLLM_CI_MACHINE": "test-cpu",
             "DLLM_CI_BRANCH": branch,
+            "DLLM_CI_STORE": store,
             "DLLM_CI_RUN_DIR": str(tmp_path / "runs" / run),
             "DLLM_CI_SUMMARY_FILE": str(tmp_path / f"summary-{run}.md"),
             "DLLM_CI_GATE": GATE,
@@ -159,6 +162,18 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     assert f"gating against main's run {reference['run']}" in third.stderr
     assert "passed" in (tmp_path / "summary-3.md").read_text(encoding="utf-8")
     assert reference_of(history) == reference
+
+    # 4. accepting a deliberate slowdown on main: it still fails, but becomes the reference.
+    forced_env = script_env(
+        tmp_path, model_cache_dir, branch="main", plugins=["latency_floor", "injected_slowdown"], run="4", store="force"
+    )
+    fourth = run_script(config, forced_env)
+    assert fourth.returncode == 1, fourth.stdout + fourth.stderr
+    assert "accepted as the reference" in fourth.stderr
+    forced = reference_of(history)
+    assert forced["run"] != reference["run"]
+    forced_rows = summary.read_csv_rows(history / "test-cpu" / "grid" / "runs" / forced["run"] / "raw_metrics.csv")
+    assert float(forced_rows[0]["forward_mean_s"]) >= FLOOR_S + SLOWDOWN_S
 
 
 def test_summary_table_shows_the_change_against_the_reference() -> None:

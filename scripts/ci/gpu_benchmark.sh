@@ -17,7 +17,9 @@
 #      with tokens/s against the reference) to DLLM_CI_SUMMARY_FILE;
 #   4. if this run is to be stored (DLLM_CI_STORE) and passed, copies RUN_DIR into the
 #      history, keeps its pytest-benchmark JSON there (--benchmark-save), and makes it the
-#      reference; a failed run is never stored (its saved JSON is removed again).
+#      reference; a failed run is not stored (its saved JSON is removed again), except with
+#      DLLM_CI_STORE=force when every case finished ok and only the gate or the comparison
+#      failed (accepting a deliberate slowdown; the exit status still says it failed).
 #   Exit status: pytest's (0 passed; 1 a case, the gate or the comparison failed; 2
 #   interrupted; 4 usage error), or 2 for a bad invocation of this script.
 #
@@ -38,8 +40,9 @@
 #   DLLM_CI_MACHINE       the machine part of the namespace [name of GPU 0 from torch, else "cpu"]
 #   DLLM_CI_BRANCH        this run's branch [$GITHUB_REF_NAME, else the checkout's branch]
 #   DLLM_CI_MAIN_BRANCH   the branch whose runs become the reference [main]
-#   DLLM_CI_STORE         auto: store when on DLLM_CI_MAIN_BRANCH and not a pull request
-#                         ($GITHUB_EVENT_NAME); yes; no [auto]
+#   DLLM_CI_STORE         auto: store a passing run when on DLLM_CI_MAIN_BRANCH and not a pull
+#                         request ($GITHUB_EVENT_NAME); yes: store a passing run; no; force:
+#                         store also a run that failed only its gate or comparison [auto]
 #   DLLM_CI_GATE          --gate rules, separated by spaces [tokens_per_s:-10%]
 #   DLLM_CI_COMPARE_FAIL  --benchmark-compare-fail expressions, separated by spaces [mean:10%]
 #   DLLM_CI_KEEP          stored runs kept per namespace, oldest removed first [30]
@@ -91,8 +94,8 @@ COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo nogit)
 
 case ${DLLM_CI_STORE:-auto} in
 auto) if [[ $BRANCH == "$MAIN_BRANCH" && ${GITHUB_EVENT_NAME:-} != pull_request ]]; then STORE=yes; else STORE=no; fi ;;
-yes | no) STORE=$DLLM_CI_STORE ;;
-*) die "DLLM_CI_STORE must be auto, yes or no, got '$DLLM_CI_STORE'" ;;
+yes | no | force) STORE=$DLLM_CI_STORE ;;
+*) die "DLLM_CI_STORE must be auto, yes, no or force, got '$DLLM_CI_STORE'" ;;
 esac
 
 sanitize() { tr -c 'A-Za-z0-9._-' '-' | sed -e 's/--*/-/g' -e 's/^-//' -e 's/-$//'; }
@@ -143,7 +146,7 @@ if [[ -n $REF_DIR ]]; then
 else
     log "no reference in $NS yet: nothing to compare against"
 fi
-[[ $STORE == yes ]] && args+=("--benchmark-save=$RUN_NAME")
+[[ $STORE == no ]] || args+=("--benchmark-save=$RUN_NAME")
 # shellcheck disable=SC2206  # split on spaces on purpose
 extra=(${DLLM_PYTEST_ARGS:-})
 args+=("${extra[@]}")
@@ -196,10 +199,25 @@ store_reference() {
     prune
 }
 
-if [[ $STORE == yes ]]; then
+all_cases_ok() { # every row of the run has status ok (and there is at least one)
+    [[ -f $RUN_DIR/raw_metrics.csv ]] || return 1
+    "$PYTHON" - "$RUN_DIR/raw_metrics.csv" <<'PYEOF'
+import csv
+import sys
+
+with open(sys.argv[1], encoding="utf-8", newline="") as handle:
+    statuses = [row.get("status") for row in csv.DictReader(handle)]
+sys.exit(0 if statuses and all(status == "ok" for status in statuses) else 1)
+PYEOF
+}
+
+if [[ $STORE != no ]]; then
     exec 9>"$NS/.lock"
     command -v flock >/dev/null && flock 9
     if [[ $verdict == passed ]]; then
+        store_reference
+    elif [[ $STORE == force && $rc -eq 1 ]] && all_cases_ok; then
+        log "DLLM_CI_STORE=force: every case finished ok, so this run is accepted as the reference although it failed"
         store_reference
     else
         json=$(saved_json)
