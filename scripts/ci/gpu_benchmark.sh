@@ -30,9 +30,9 @@
 #       runs/<run>/      copies of stored run directories (raw_metrics.csv, run_manifest.json, ...)
 #       reference        `run=<run>` and `benchmark_json=<path under benchmarks/>` of the reference
 #
-# Environment (every input; the defaults in brackets):
-#   DLLM_CI_CONFIG        grid file, relative to the repository or absolute; the first
-#                         argument overrides it [config/ci-gpu.yaml]
+# Environment (every input; the defaults in brackets; relative paths are taken from the
+# repository root, except a config that exists relative to the current directory):
+#   DLLM_CI_CONFIG        grid file; the first argument overrides it [config/ci-gpu.yaml]
 #   DLLM_CI_RUN_DIR       the run directory; must not hold results yet
 #                         [results/ci-<config stem>-<UTC time>[-<GITHUB_RUN_ID>]]
 #   DLLM_CI_HISTORY       the history directory that survives jobs (an actions cache path or a
@@ -64,6 +64,9 @@ log() { echo "gpu_benchmark.sh: $*" >&2; }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=${DLLM_REPO:-$(cd "$HERE/../.." && pwd)}
+CONFIG=${1:-${DLLM_CI_CONFIG:-config/ci-gpu.yaml}}
+# A config given relative to where the script was started from, if it is there.
+[[ $CONFIG == /* || ! -f $CONFIG ]] || CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
 cd "$REPO"
 
 if [[ -n ${DLLM_PYTHON:-} ]]; then
@@ -76,8 +79,7 @@ fi
 "$PYTHON" -c "import dllm_bench" 2>/dev/null ||
     die "dllm_bench is not importable with $PYTHON: run scripts/ci/install_gpu.sh (GPU) or pip install -e . first, or set DLLM_PYTHON"
 
-CONFIG=${1:-${DLLM_CI_CONFIG:-config/ci-gpu.yaml}}
-[[ -f $CONFIG ]] || die "config $CONFIG not found (relative paths are taken from $REPO)"
+[[ -f $CONFIG ]] || die "config $CONFIG not found (here or under $REPO)"
 CONFIG_STEM=$(basename "$CONFIG")
 CONFIG_STEM=${CONFIG_STEM%.*}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
