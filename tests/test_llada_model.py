@@ -466,7 +466,8 @@ def test_writing_twice_does_not_rewrite(tmp_path: Path) -> None:
     write_llada_folder(folder, TINY, seed=0, dtype=torch.float32)
     assert (folder / "modeling_llada.py").read_bytes() == package_code
     assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == before[:2]
-    assert sorted(os.listdir(folder)) == sorted(["config.json", "model.safetensors", "dllm-bench-cache.json", *LLADA_FILES])
+    written = ["config.json", "model.safetensors", "dllm-bench-cache.json", *LLADA_FILES]
+    assert sorted(os.listdir(folder)) == sorted(written)
 
 
 def test_existing_non_model_folder_is_not_replaced(tmp_path: Path) -> None:

@@ -29,7 +29,9 @@ def test_defaults_without_anything(pytester: pytest.Pytester) -> None:
 
 
 def test_precedence_command_line_then_environment_then_ini(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\ndllm_threads = 3\ndllm_progress = off\ndllm_gate =\n    nfe:+0%\n    tokens_per_s:-5%\n")
+    pytester.makeini(
+        "[pytest]\ndllm_threads = 3\ndllm_progress = off\ndllm_gate =\n    nfe:+0%\n    tokens_per_s:-5%\n"
+    )
     assert _read(pytester).threads == 3
     assert _read(pytester).gates == ("nfe:+0%", "tokens_per_s:-5%")
     assert not _read(pytester).asked, "ini values alone do not turn the suite on"

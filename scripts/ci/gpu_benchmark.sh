@@ -11,7 +11,7 @@
 #      the console output goes to RUN_DIR/pytest-output.log as well as to stdout;
 #   2. if the history holds a reference (main's last stored run of this config on this
 #      machine), adds `--benchmark-compare=<its JSON> --benchmark-compare-fail=<each of
-#      DLLM_CI_COMPARE_FAIL>` and `--gate=<each of DLLM_CI_GATE> --gate-baseline=<its run
+#      DLLM_CI_COMPARE_FAIL>` and `--gate=<each of DLLM_CI_GATE> --gate-reference=<its run
 #      directory>`; without one, nothing is compared and the run says so;
 #   3. appends a markdown summary (verdict, gate failures, regressions, a table of the rows
 #      with tokens/s against the reference) to DLLM_CI_SUMMARY_FILE;
@@ -136,7 +136,7 @@ args=(benchmarks "--config=$CONFIG" "--output-dir=$RUN_DIR"
     "--benchmark-storage=file://$NS/benchmarks" "--benchmark-json=$RUN_DIR/benchmark.json")
 if [[ -n $REF_DIR ]]; then
     for gate in $GATES; do args+=("--gate=$gate"); done
-    args+=("--gate-baseline=$REF_DIR")
+    args+=("--gate-reference=$REF_DIR")
     log "gating against main's run $REF_RUN ($REF_DIR): $GATES"
     if [[ -n $REF_JSON ]]; then
         args+=("--benchmark-compare=$REF_JSON")

@@ -37,9 +37,10 @@ import yaml
 
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
-from dllm_bench.results import read_rows
+from dllm_bench.rows import format_cell
 from dllm_bench.sampling.llada import generate
 from dllm_bench.sampling.reference import generate_reference
+from dllm_bench.sinks.csvfiles import read_results
 from dllm_bench.timing import synchronized_timer
 
 LOG = logging.getLogger("dllm_bench.gpu_check")
@@ -521,10 +522,10 @@ class SuiteRun:
     output: str
 
     def rows(self) -> list[dict[str, str]]:
-        return read_rows(self.output_dir / FINAL_CSV)
+        return text_rows(self.output_dir / FINAL_CSV)
 
     def partial_rows(self) -> list[dict[str, str]]:
-        return read_rows(self.output_dir / PARTIAL_CSV)
+        return text_rows(self.output_dir / PARTIAL_CSV)
 
     def problem(self) -> str | None:
         """Why the run cannot be trusted as a whole (timed out, refused its config), or None."""
@@ -534,6 +535,11 @@ class SuiteRun:
         if self.exit_code == 4 or (errors and not self.rows()):
             return f"the suite refused the run (exit {self.exit_code}): {'; '.join(errors) or 'see the output'}"
         return None
+
+
+def text_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results CSV (read by the suite's one reader) as the cells the checks read."""
+    return [{name: format_cell(name, value) for name, value in row.to_record().items()} for row in read_results(path)]
 
 
 def run_suite(
