@@ -134,26 +134,20 @@ def slow_grid(directory: Path, steps: tuple[int, ...] = STEPS, measured_rounds: 
 
 
 def start_pytest(
-    project: Path, *args: str, output_dir: str = "out", env: dict[str, str] | None = None
+    project: Path,
+    *args: str,
+    output_dir: str | None = "out",
+    config: str = "grid.yaml",
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`python -m pytest --config grid.yaml --output-dir out ARGS` in its own process group,
     with the default SIGINT handler (a shell's `&` would ignore SIGINT); output goes to
-    project/pytest-output.txt."""
+    project/pytest-output.txt. `output_dir=None` leaves --output-dir out."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     log = (project / "pytest-output.txt").open("ab")
+    where = ["--output-dir", output_dir] if output_dir is not None else []
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--config",
-            "grid.yaml",
-            "--output-dir",
-            output_dir,
-            *args,
-        ],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", config, *where, *args],
         cwd=project,
         env=full_env,
         stdout=log,

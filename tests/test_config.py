@@ -58,7 +58,7 @@ BAD_CONFIGS: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("bad kind", lambda c: c["models"][0].update(kind="diffusion"), "models[0].kind", "llada, baseline"),
     ("non-positive size", lambda c: c["grid"].update(gen_length=[0]), "grid.gen_length", "positive integer"),
     ("negative batch", lambda c: c["grid"].update(batch_size=[-2]), "grid.batch_size", "positive integer"),
-    ("huge batch", lambda c: c["grid"].update(batch_size=[10**9]), "grid.batch_size", "<= 65536"),
+    ("huge batch", lambda c: c["grid"].update(batch_size=[10**9]), "grid.batch_size", "<= 1048576"),
     ("huge gen length", lambda c: c["grid"].update(gen_length=[10**7]), "grid.gen_length", "<= 1048576"),
     ("huge prompt", lambda c: c["grid"].update(prompt_length=[10**11]), "grid.prompt_length", "<= 1048576"),
     ("huge steps", lambda c: c["llada"].update(steps=[10**12]), "llada.steps", "<= 1048576"),

@@ -8,7 +8,7 @@ import pytest
 
 from dllm_bench.cases import case_id_of, expand_cases
 from dllm_bench.config import parse_config
-from dllm_bench.devices import PINNED_MARK, pin_worker_gpu, visible_gpus, worker_index, worker_threads
+from dllm_bench.devices import PINNED_MARK, pin_worker_gpu, visible_gpus, worker_index
 from dllm_bench.xdist import case_groups
 from tests.helpers import tiny_config
 
@@ -44,9 +44,3 @@ def test_cases_are_grouped_by_model_and_spread_over_idle_workers() -> None:
     four = case_groups(cases, workers=4)
     assert {four[c.case_id] for c in cases if c.kind == "llada"} == {"tiny-llada#0", "tiny-llada#1"}
     assert case_id_of("b/test_x.py::test_llada[tiny-llada-p8-g8-b2-s4-k8]@grp") == "tiny-llada-p8-g8-b2-s4-k8"
-
-
-def test_cpu_workers_share_the_cores() -> None:
-    assert worker_threads(16, 4) == 4
-    assert worker_threads(2, 2) == 1
-    assert worker_threads(2, 4) == 1

@@ -41,8 +41,8 @@ TINY_IDS = ["tiny-llada-p8-g8-b2-s4-k8", "tiny-llada-p8-g8-b2-s8-k8", "tiny-llam
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 
 
-def _run(project: Path, *args: str, output_dir: str = "out") -> tuple[int, str]:
-    proc = start_pytest(project, *args, output_dir=output_dir)
+def _run(project: Path, *args: str, output_dir: str | None = "out", config: str = "grid.yaml") -> tuple[int, str]:
+    proc = start_pytest(project, *args, output_dir=output_dir, config=config)
     code = finish(proc)
     text = output_of(project)
     (project / "pytest-output.txt").unlink()
@@ -159,12 +159,17 @@ def _fill(disk: Path, leave_bytes: int) -> Path:
     return filler
 
 
+FULL_DISK_GRID = {"prompt_length": [8, 16], "gen_length": [8], "batch_size": [1, 2, 4]}  # 18 cases
+
+
 @needs_root
-@pytest.mark.parametrize("free_kib", [6, 16, 40], ids=lambda k: f"{k}KiB-free")
+@pytest.mark.parametrize("free_kib", [6, 12, 20], ids=lambda k: f"{k}KiB-free")
 def test_a_full_disk_stops_cleanly_and_resume_completes(
     project: Path, tmp_path_factory: pytest.TempPathFactory, free_kib: int
 ) -> None:
-    write_config(project, tiny_config(grid={"prompt_length": [8], "gen_length": [8], "batch_size": [1, 2, 4]}))
+    """18 rows, the log and the manifest need about 40 KiB of 4 KiB tmpfs pages: with 6 KiB
+    free the run cannot start, with 12 or 20 KiB it stops after some cases."""
+    write_config(project, tiny_config(grid=FULL_DISK_GRID))
     with _small_disk(tmp_path_factory.mktemp("disk") / "mnt", 256) as disk:
         filler = _fill(disk, free_kib * 1024)
         code, text = _run(project, output_dir=str(disk / "out"))
@@ -177,29 +182,44 @@ def test_a_full_disk_stops_cleanly_and_resume_completes(
             assert "resume with: pytest" in text
             lines = (out / PARTIAL).read_bytes().split(b"\n")
             assert lines[-1] == b"", "no torn line left behind by a failed append"
-            assert len(saved) < 9
+            assert len(saved) < 18
         else:
             assert "disk full" in text or "not writable" in text
         filler.unlink()
         code, text = _run(project, "--resume", output_dir=str(out))
         assert code == 0, text[-3000:]
-        assert len(rows(out / FINAL)) == 9
+        assert len(rows(out / FINAL)) == 18
         assert manifest(out)["status"] == "complete"
 
 
 # --- 6. one run per directory ------------------------------------------------------------------
 
 
+# Holds the first run after its first case until the file "go" exists.
+HOLD_CONFTEST = """
+import pathlib
+import time
+
+
+def pytest_runtest_teardown(item):
+    pathlib.Path("holding").touch()
+    while not pathlib.Path("go").exists():
+        time.sleep(0.05)
+"""
+
+
 @pytest.mark.parametrize("second_args", [(), ("--resume",)], ids=["plain", "resume"])
 def test_a_second_run_into_the_same_directory_is_refused(project: Path, second_args: tuple[str, ...]) -> None:
     slow_grid(project)
+    (project / "conftest.py").write_text(HOLD_CONFTEST)
     first = start_pytest(project)
-    wait_for(lambda: (project / "out" / ".dllm-bench-owner.json").exists(), first, "the first run holds out/")
+    wait_for(lambda: (project / "holding").exists(), first, "the first run is between cases")
     second = project / "second"
     second.mkdir()
     shutil.copy(project / "test_bench.py", second)
     shutil.copy(project / "grid.yaml", second)
     code, text = _run(second, *second_args, output_dir=str(project / "out"))
+    (project / "go").touch()
     assert code == pytest.ExitCode.USAGE_ERROR
     assert f"is in use by process {first.pid}" in text
     assert finish(first) == 0, output_of(project)[-3000:]
@@ -215,17 +235,17 @@ def test_resume_without_output_dir_matches_the_config_path_and_content(project: 
         (project / team).mkdir()
     write_config(project / "teamA", tiny_config())
     write_config(project / "teamB", tiny_config(measured_rounds=1))
-    code, text = _run(project, "--config", "teamA/grid.yaml")
+    code, text = _run(project, output_dir=None, config="teamA/grid.yaml")
     assert code == 0, text[-2000:]
     (run,) = (project / "results").iterdir()
     before = (run / FINAL).read_bytes()
-    code, text = _run(project, "--config", "teamB/grid.yaml", "--resume")
+    code, text = _run(project, "--resume", output_dir=None, config="teamB/grid.yaml")
     assert code == pytest.ExitCode.USAGE_ERROR
     assert "no earlier run of teamB/grid.yaml with this content" in text
     assert (run / FINAL).read_bytes() == before
     # The same path with changed content is not the same run either.
     write_config(project / "teamA", tiny_config(seed=5))
-    code, text = _run(project, "--config", "teamA/grid.yaml", "--resume")
+    code, text = _run(project, "--resume", output_dir=None, config="teamA/grid.yaml")
     assert code == pytest.ExitCode.USAGE_ERROR
     assert "the config's content changed since" in text
 

@@ -61,8 +61,3 @@ def pin_worker_gpu(worker_id: str, env: Mapping[str, str]) -> str | None:
     if not gpus:
         return None
     return gpus[worker_index(worker_id) % len(gpus)]
-
-
-def worker_threads(cpu_count: int, workers: int) -> int:
-    """CPU threads for each of `workers` processes sharing `cpu_count` cores."""
-    return max(1, cpu_count // max(1, workers))

@@ -63,7 +63,7 @@ class RunHooks:
             raise pytest.UsageError(str(exc)) from None
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-        self.session.interrupted()
+        self.session.interrupted(excinfo)
 
 
 @dataclass

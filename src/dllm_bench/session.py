@@ -192,16 +192,14 @@ class RunSession:
             raise UsageProblem(str(exc)) from None
 
     def _set_threads(self) -> None:
-        """torch's CPU threads: the option, the grid's `threads`, OMP_NUM_THREADS, else the
-        default (1); an xdist CPU worker without any of them shares the cores."""
+        """torch's CPU threads in this process (an xdist worker too): the option, the grid's
+        `threads`, OMP_NUM_THREADS when set, else DEFAULT_THREADS (see the README's
+        'Stable numbers' for why one)."""
         threads = self.options.threads or self.config.threads
-        workers = int(getattr(self.pytest_config, "workerinput", {}).get("workercount", 1))
         if threads is None and "OMP_NUM_THREADS" in os.environ:
             return
-        if threads is None:
-            threads = max(DEFAULT_THREADS, (os.cpu_count() or 1) // workers) if workers > 1 else DEFAULT_THREADS
-        torch.set_num_threads(threads)
-        LOG.debug("torch uses %d CPU threads", threads)
+        torch.set_num_threads(threads or DEFAULT_THREADS)
+        LOG.debug("torch uses %d CPU threads", torch.get_num_threads())
 
     def _configure_logging(self) -> None:
         config = self.pytest_config
@@ -425,11 +423,16 @@ class RunSession:
                 except OSError as exc:
                     LOG.error("could not write the stop file for the workers: %s", exc)
 
-    def interrupted(self) -> None:
-        """pytest_keyboard_interrupt: remember the signal, and from now on let nothing
+    def interrupted(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """pytest_keyboard_interrupt: remember what stopped the run (a signal, or the stop
+        the suite asked for itself after a storage error), and from now on let nothing
         interrupt the save."""
         received = self.stopper.received if self.stopper else []
-        self.interrupted_by = received[-1] if received else "SIGINT"
+        requested = isinstance(excinfo.value, pytest.Session.Interrupted)
+        if received:
+            self.interrupted_by = received[-1]
+        elif not (requested and self.storage_error):
+            self.interrupted_by = "SIGINT"
         if self.stopper is not None:
             self.stopper.defer()
 
@@ -454,7 +457,7 @@ class RunSession:
             if not self.gate.passed:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self._write_manifest(exitstatus)
-        if self.storage_error and session.exitstatus == pytest.ExitCode.OK:
+        if self.storage_error and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _final_rows(self) -> list[Row]:
@@ -545,9 +548,9 @@ class RunSession:
         if self.storage_error:
             lines.append((f"dllm-bench: stopped because results could not be written: {self.storage_error}", True))
         if self.manifest.status in ("interrupted", "failed") and (self.interrupted_by or self.storage_error):
-            why = self.interrupted_by or "a storage error"
+            why = f"interrupted by {self.interrupted_by}" if self.interrupted_by else "stopped"
             resume = shlex.join(resume_command(self.pytest_config.invocation_params.args, out))
-            lines.append((f"dllm-bench: interrupted by {why}; resume with: {resume}", False))
+            lines.append((f"dllm-bench: {why}; resume with: {resume}", False))
         return lines
 
     def closing_line(self) -> str | None:

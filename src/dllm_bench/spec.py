@@ -25,7 +25,7 @@ LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 # Upper bounds: sizes no machine can run are refused before anything is allocated.
 MAX_TOKENS = 1 << 20  # prompt_length, gen_length, block_length, steps
-MAX_BATCH = 1 << 16
+MAX_BATCH = 1 << 20
 MAX_ROUNDS = 10_000
 MAX_SEED = (1 << 63) - 1
 MAX_SCALE = 1000.0  # temperature, cfg_scale
