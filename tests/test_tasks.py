@@ -124,12 +124,20 @@ def test_copy_scoring() -> None:
     assert not answer_is_correct("copy", items, list(_items("a", "b")))
 
 
-def test_permute_scoring_accepts_any_order_and_rejects_duplicates() -> None:
+def test_permute_scoring_accepts_any_order_of_capitals_and_rejects_duplicates() -> None:
     items = _items("a", "b", "c")
-    assert answer_is_correct("permute", items, list(_items("b", "c", "a")))
-    assert answer_is_correct("permute", items, list(_items("a", "b", "c")))
-    assert not answer_is_correct("permute", items, list(_items("a", "a", "c")))
-    assert not answer_is_correct("permute", items, [*_items("a", "b"), V.eos_id])
+    assert answer_is_correct("permute", items, list(_items("B", "C", "A")))
+    assert answer_is_correct("permute", items, list(_items("A", "B", "C")))
+    assert not answer_is_correct("permute", items, list(_items("a", "b", "c")))  # not capitals
+    assert not answer_is_correct("permute", items, list(_items("A", "A", "C")))
+    assert not answer_is_correct("permute", items, [*_items("A", "B"), V.eos_id])
+
+
+def test_capitals() -> None:
+    assert V.capital_of(V.id_of("c")) == V.id_of("C")
+    assert len(set(V.capital_ids)) == len(V.item_ids) == 16
+    with pytest.raises(KeyError, match="not an item"):
+        V.capital_of(V.eos_id)
 
 
 def test_score_reads_the_generated_part_of_the_output() -> None:
@@ -266,7 +274,7 @@ def _write_jsonl(path: Path) -> None:
     records = [
         {"prompt": "copy a b c =", "answer": "a b c"},
         {"prompt": "copy d e =", "answer": "d e"},
-        {"prompt": "permute f g h i =", "answer": "f g h i"},
+        {"prompt": "permute f g h i =", "answer": "F G H I"},
     ]
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
@@ -280,7 +288,7 @@ def test_jsonl_batches_left_pad_and_score(tmp_path: Path, tokenizer_dir: Path) -
     assert task.min_prompt_length() == 7  # <bos> permute f g h i =
     batch = task.batch(batch_size=3, prompt_length=None, seed=0, round_index=0)
     assert batch.input_ids.shape == (3, 7)
-    assert sorted(str(ref) for ref in batch.references) == ["a b c", "d e", "f g h i"]
+    assert sorted(str(ref) for ref in batch.references) == ["F G H I", "a b c", "d e"]
     answers = []
     for reference in batch.references:
         ids = tokenizer(str(reference), add_special_tokens=False)["input_ids"]

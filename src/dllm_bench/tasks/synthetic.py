@@ -75,16 +75,16 @@ def draw_example(task: str, n_items: int, rng: random.Random, vocab: TaskVocab =
     return ListExample(task=task, items=tuple(rng.choice(pool) for _ in range(n_items)))
 
 
-def training_answer(example: ListExample, rng: random.Random) -> tuple[int, ...]:
-    """A correct answer to train on: the items themselves, or a uniformly random ordering."""
+def training_answer(example: ListExample, rng: random.Random, vocab: TaskVocab = TASK_VOCAB) -> tuple[int, ...]:
+    """A correct answer to train on: the items themselves, or their capitals in a uniformly random order."""
     if example.task == "copy":
         return example.items
-    order = list(example.items)
+    order = [vocab.capital_of(item) for item in example.items]
     rng.shuffle(order)
     return tuple(order)
 
 
-def answer_is_correct(task: str, items: tuple[int, ...], generated: list[int]) -> bool:
+def answer_is_correct(task: str, items: tuple[int, ...], generated: list[int], vocab: TaskVocab = TASK_VOCAB) -> bool:
     """Whether the first ``len(items)`` generated ids answer the prompt with ``items``."""
     _check_task(task)
     answer = generated[: len(items)]
@@ -92,7 +92,7 @@ def answer_is_correct(task: str, items: tuple[int, ...], generated: list[int]) -
         return False
     if task == "copy":
         return tuple(answer) == items
-    return sorted(answer) == sorted(items)
+    return sorted(answer) == sorted(vocab.capital_of(item) for item in items)
 
 
 def example_key(task: str, n_items: int, seed: int, index: int) -> str:
@@ -151,5 +151,5 @@ class ListTask:
         for reference, row in zip(batch.references, generated, strict=True):
             if not isinstance(reference, tuple):
                 raise TypeError(f"a {self.task} batch holds item tuples as references, got {type(reference).__name__}")
-            results.append(answer_is_correct(self.task, reference, row))
+            results.append(answer_is_correct(self.task, reference, row, self.vocab))
         return results

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
+    "CAPITAL_WORDS",
     "ITEM_WORDS",
     "SPECIAL_TOKENS",
     "TASK_VOCAB",
@@ -26,8 +27,10 @@ __all__ = [
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<mask>", "<unk>")
 #: Words with a role in the prompts (separator and task names), after the special tokens.
 MARKER_WORDS: tuple[str, ...] = ("=", "copy", "permute")
-#: The items that lists are made of (16 letters), after the markers.
+#: The items that lists are made of (16 lowercase letters), after the markers.
 ITEM_WORDS: tuple[str, ...] = tuple("abcdefghijklmnop")
+#: Their capitals, in the same order, after the items (``permute`` answers in capitals).
+CAPITAL_WORDS: tuple[str, ...] = tuple(word.upper() for word in ITEM_WORDS)
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,22 @@ class TaskVocab:
         return tuple(self.id_of(word) for word in ITEM_WORDS)
 
     @property
+    def capital_ids(self) -> tuple[int, ...]:
+        return tuple(self.id_of(word) for word in CAPITAL_WORDS)
+
+    def capital_of(self, item_id: int) -> int:
+        """The id of the capital of item ``item_id``; a ``KeyError`` if it is not an item."""
+        if item_id not in self.item_ids:
+            raise KeyError(f"token id {item_id} is not an item")
+        return self.id_of(self.words[item_id].upper())
+
+    @property
     def special_ids(self) -> tuple[int, ...]:
         """Ids that never appear inside a list (special tokens and markers)."""
         return tuple(self.id_of(word) for word in (*SPECIAL_TOKENS, *MARKER_WORDS))
 
 
-TASK_VOCAB = TaskVocab(words=(*SPECIAL_TOKENS, *MARKER_WORDS, *ITEM_WORDS))
+TASK_VOCAB = TaskVocab(words=(*SPECIAL_TOKENS, *MARKER_WORDS, *ITEM_WORDS, *CAPITAL_WORDS))
 
 
 def _build_backend(vocab: TaskVocab) -> Tokenizer:

@@ -62,7 +62,7 @@ def _rows(
     rows = []
     for _ in range(spec.batch_size):
         example = draw_example(rng.choice(spec.tasks), n_items, rng, vocab)
-        rows.append((example.prompt_ids(vocab), training_answer(example, rng)))
+        rows.append((example.prompt_ids(vocab), training_answer(example, rng, vocab)))
     return rows
 
 
