@@ -154,4 +154,4 @@ def test_the_command_writes_loadable_folders(tmp_path: Path) -> None:
         assert record["spec"]["steps"] == 3
         assert set(record["accuracy"]) == {"copy", "permute"}
     llada_record = json.loads((llada_dir / TRAINING_RECORD).read_text())
-    assert set(llada_record["accuracy"]["copy"]) == {"steps=16", "steps=8", "steps=4"}
+    assert set(llada_record["accuracy"]["copy"]) == {"steps=12", "steps=6", "steps=3"}

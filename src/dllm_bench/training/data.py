@@ -28,7 +28,7 @@ class DataSpec:
     tasks: tuple[str, ...] = ("copy", "permute")
     min_items: int = 8
     max_items: int = 8
-    max_gen_length: int = 32
+    max_gen_length: int = 12
     batch_size: int = 64
 
     def __post_init__(self) -> None:

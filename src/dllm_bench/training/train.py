@@ -63,10 +63,10 @@ TRAINING_RECORD = "training.json"
 class ModelShape:
     """The architecture both models share."""
 
-    d_model: int = 128
+    d_model: int = 64
     n_heads: int = 4
-    n_layers: int = 4
-    mlp_hidden_size: int = 384
+    n_layers: int = 2
+    mlp_hidden_size: int = 128
     max_positions: int = 128
     rope_theta: float = 10000.0
 
@@ -76,9 +76,9 @@ class TrainSpec:
     """Everything that decides the trained weights."""
 
     kind: str
-    steps: int = 1500
+    steps: int = 1200
     lr: float = 3e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 0.01
     seed: int = 0
     log_every: int = 100
@@ -263,11 +263,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=defaults.data.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument(
-        "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads (default: up to 2)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared 2-core machine more threads can be slower)",
     )
     parser.add_argument("--eval-prompts", type=int, default=128, help="prompts per task for the final accuracy")
     parser.add_argument("--eval-items", type=int, default=8, help="items per prompt for the final accuracy")
-    parser.add_argument("--eval-gen-length", type=int, default=16, help="generated positions for the final accuracy")
+    parser.add_argument(
+        "--eval-gen-length",
+        type=int,
+        default=defaults.data.max_gen_length,
+        help="generated positions for the final accuracy (default: the longest training canvas)",
+    )
     parser.add_argument("--eval-seed", type=int, default=1234)
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     parser.add_argument("--d-model", type=int, default=defaults.shape.d_model)
@@ -300,7 +308,9 @@ def run(kind: str, args: argparse.Namespace) -> Path:
     """Train, measure and save one model; returns its folder."""
     spec = _spec(kind, args)
     LOG.info("training %s: %s", kind, spec)
+    load_before = os.getloadavg()
     result = train(spec)
+    load_after = os.getloadavg()
     accuracy = measure_accuracy(
         result.model,
         kind,
@@ -314,6 +324,7 @@ def run(kind: str, args: argparse.Namespace) -> Path:
         "threads": args.threads,
         "torch": torch.__version__,
         "train_seconds": round(result.seconds, 1),
+        "load_average_1min": {"start": round(load_before[0], 2), "end": round(load_after[0], 2)},
         "first_loss": result.losses[0],
         "final_loss": sum(result.losses[-50:]) / len(result.losses[-50:]),
         "accuracy": accuracy,
