@@ -3,16 +3,19 @@
 ``copy`` (a unique answer): the prompt ``<bos> copy x1 .. xn =`` asks for ``x1 .. xn``;
 the n items are drawn with replacement from 16 letters.
 
-``permute`` (many valid answers): the prompt ``<bos> permute x1 .. xn =`` asks for any
-ordering of the n items, which are distinct letters; every one of the n! orderings is
-correct. Each answer position alone is uniform over the items, so a decoder that commits
-several positions from their separate marginals in one step can repeat an item; one that
-commits one position per step sees what is already committed. (ParallelBench's point.)
+``permute`` (many valid answers): the prompt ``<bos> permute x1 .. xn =`` asks for the
+n items in capitals, in any order (``permute c a f =`` is answered by ``A C F``, ``F A C``
+and four more); the items are distinct letters, and each of the n! orderings is correct.
+Capitals are tokens of their own, so a model tells what it already wrote from what the
+prompt holds by the tokens alone. Each answer position alone is uniform over the
+capitals, so a decoder that commits several positions from their separate marginals in
+one step can repeat one; a decoder that commits one position per step sees what is
+already written. (ParallelBench's point.)
 
 The answer is read from the first n generated tokens, n being the prompt's item count;
 what follows them is not scored (the models end with ``<eos>`` padding, but the AR
-baseline may be forced to go on past its ``<eos>``). An ``<eos>`` or any other non-item
-token among the first n makes the answer wrong.
+baseline may be forced to go on past its ``<eos>``). An ``<eos>`` or any other token
+that is not part of a correct answer among the first n makes the answer wrong.
 """
 
 from __future__ import annotations
