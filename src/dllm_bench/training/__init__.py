@@ -1,0 +1,1 @@
+"""Training of the small models shipped with the suite (``dllm-bench-train``)."""
