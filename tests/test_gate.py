@@ -19,8 +19,8 @@ from dllm_bench.sinks.gate import (
 )
 from dllm_bench.sinks.text import format_significant
 
-TOKENS_DROP_10 = GateRule(metric="tokens_per_s", change_pct=-10.0)
-LATENCY_RISE_15 = GateRule(metric="latency_mean_s", change_pct=15.0)
+TOKENS_DROP_10 = GateRule(metric="tokens_per_s", change=-10.0)
+LATENCY_RISE_15 = GateRule(metric="latency_mean_s", change=15.0)
 
 
 def make_row(steps: int, tokens_per_s: float | None, latency_mean_s: float = 1.0, status: str = "ok") -> Row:
@@ -94,6 +94,7 @@ def test_sign_gives_the_bad_direction_even_for_zero() -> None:
         ("tokens_per_s:-1e3%", "'1e3' is not a number"),
         ("tokens_per_s-10%", "no ':'"),
         ("tokens_per_s:-10", "must end with %"),
+        ("tokens_per_s:-2pp", "pp (percentage points) applies to the share columns"),
         ("", "no ':'"),
     ],
 )
@@ -142,8 +143,8 @@ def test_only_cases_past_the_threshold_fail_with_their_change() -> None:
         "tiny-llada-p32-g32-b1-s8-k32",
         "tiny-llada-p32-g32-b1-s32-k32",
     ]
-    assert [f.change_pct for f in result.failures] == pytest.approx([-20.0, -30.0])
-    values = [(f.reference, f.current, f.limit_pct) for f in result.failures]
+    assert [f.change for f in result.failures] == pytest.approx([-20.0, -30.0])
+    values = [(f.reference, f.current, f.limit) for f in result.failures]
     assert values == [(100.0, 80.0, -10.0), (100.0, 70.0, -10.0)]
     assert result.compared == 3
 
@@ -164,7 +165,7 @@ def test_plus_rule_fails_on_a_rise_and_passes_a_fall() -> None:
     current = [make_row(8, 100.0, latency_mean_s=1.2), make_row(16, 100.0, latency_mean_s=0.5)]
     result = check_gate(current, baseline, [LATENCY_RISE_15])
     assert [(f.case_id, f.metric) for f in result.failures] == [("tiny-llada-p32-g32-b1-s8-k32", "latency_mean_s")]
-    assert result.failures[0].change_pct == pytest.approx(20.0)
+    assert result.failures[0].change == pytest.approx(20.0)
 
 
 def test_minus_rule_passes_a_rise() -> None:
@@ -276,8 +277,8 @@ def test_describe_names_case_metric_values_change_and_limit() -> None:
         metric="latency_mean_s",
         reference=0.01234,
         current=0.0150,
-        change_pct=21.5,
-        limit_pct=15.0,
+        change=21.5,
+        limit=15.0,
     )
     assert failure.describe() == "tiny-llada-p32-g32-b1-s8-k32: latency_mean_s 0.01234 -> 0.01500 (+21.5%, limit +15%)"
 
@@ -338,3 +339,15 @@ def test_load_reference_refuses_a_csv_that_is_not_results(tmp_path: Path) -> Non
     path.write_text("name,value\na,1\n", encoding="utf-8")
     with pytest.raises(GateError, match="not a dllm-bench results file"):
         load_reference(path)
+
+
+def test_accuracy_is_gated_in_percentage_points() -> None:
+    rule = parse_gate("accuracy:-2pp")
+    assert rule == GateRule("accuracy", -2.0, "pp")
+    reference = [make_row(8, 100.0).with_values({"accuracy": 0.80}), make_row(16, 100.0).with_values({"accuracy": 0.5})]
+    current = [make_row(8, 100.0).with_values({"accuracy": 0.785}), make_row(16, 100.0).with_values({"accuracy": 0.47})]
+    result = check_gate(current, reference, [rule])
+    assert result.compared == 2
+    assert [f.case_id for f in result.failures] == ["tiny-llada-p32-g32-b1-s16-k32"]
+    assert result.failures[0].change == pytest.approx(-3.0)
+    assert result.failures[0].describe().endswith("(-3.0 pp, limit -2 pp)")

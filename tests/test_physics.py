@@ -15,7 +15,7 @@ from dllm_bench.backends import backend
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import parse_config
 from dllm_bench.models.loader import ModelCache
-from dllm_bench.runner import CallRecorder, case_prompt, run_case, tokens_until_eos
+from dllm_bench.runner import CallRecorder, case_feed, case_task, run_case, tokens_until_eos
 from tests.helpers import TINY_LLADA_ARCH, tiny_config
 
 ARCH = {**TINY_LLADA_ARCH, "d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128}
@@ -51,7 +51,7 @@ def _forward_inputs(models: ModelCache, case: Case) -> list[tuple[int, ...]]:
         with_kwargs=True,
     )
     try:
-        backend(case.kind).build_call(case, loaded, case_prompt(case, loaded), CallRecorder())()
+        backend(case.kind).build_call(case, loaded, case_feed(case, loaded, case_task(case, loaded)), CallRecorder())()
     finally:
         hook.remove()
     return shapes
@@ -101,9 +101,9 @@ def test_baseline_generates_exactly_gen_length_even_past_eos(
     cases, models = cases_and_models
     case = _case(cases, "baseline")
     loaded = models.get(case.model)
-    prompt = case_prompt(case, loaded)
+    feed = case_feed(case, loaded, case_task(case, loaded))
     kind = backend("baseline")
-    output = kind.build_call(case, loaded, prompt, CallRecorder())()
+    output = kind.build_call(case, loaded, feed, CallRecorder())()
     assert output.shape == (case.batch_size, case.prompt_length + case.gen_length)
     # Make the first greedy token of each row an end-of-sequence token: the timed call
     # must still produce gen_length tokens, and the EOS count (from a call that may stop)
@@ -113,8 +113,8 @@ def test_baseline_generates_exactly_gen_length_even_past_eos(
     original = loaded.model.generation_config.eos_token_id
     loaded.model.generation_config.eos_token_id = first_tokens
     try:
-        fixed = kind.build_call(case, eos_loaded, prompt, CallRecorder())()
-        natural = kind.eos_output(case, eos_loaded, prompt, fixed)
+        fixed = kind.build_call(case, eos_loaded, feed, CallRecorder())()
+        natural = kind.eos_output(case, eos_loaded, feed, fixed)
     finally:
         loaded.model.generation_config.eos_token_id = original
     assert fixed.shape == output.shape

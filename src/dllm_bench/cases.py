@@ -9,7 +9,9 @@ the same key.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from dllm_bench.backends import Settings
 from dllm_bench.config import BenchConfig
@@ -29,6 +31,8 @@ class Case:
     measured_rounds: int
     seed: int
     settings: Settings
+    task: str = "random"
+    task_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -36,9 +40,10 @@ class Case:
 
     @property
     def case_id(self) -> str:
-        """`<model>-p<P>-g<G>-b<B>`, then the kind's settings (LLaDA: `-s<steps>-k<block_length>`
-        and the non-default settings)."""
-        parts = [self.model.name, f"p{self.prompt_length}", f"g{self.gen_length}", f"b{self.batch_size}"]
+        """`<model>[-<task>]-p<P>-g<G>-b<B>` (the task when it is not `random`), then the kind's
+        settings (LLaDA: `-s<steps>-k<block_length>` and the non-default settings)."""
+        task = [] if self.task == "random" else [self.task]
+        parts = [self.model.name, *task, f"p{self.prompt_length}", f"g{self.gen_length}", f"b{self.batch_size}"]
         return "-".join([*parts, *self.settings.id_parts()])
 
     def params(self) -> dict[str, object]:
@@ -52,6 +57,8 @@ class Case:
             "gen_length": self.gen_length,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "task": self.task,
+            "task_options": json.dumps(dict(self.task_options), sort_keys=True) if self.task_options else None,
             "warmup_rounds": self.warmup_rounds,
             "measured_rounds": self.measured_rounds,
             **self.settings.columns(),
@@ -66,13 +73,13 @@ class Case:
 
 
 def expand_cases(config: BenchConfig) -> list[Case]:
-    """All cases of the grid: models in the config's kind order (LLaDA first), then shapes,
-    then settings."""
+    """All cases of the grid: models in the config's kind order (LLaDA first), then tasks,
+    then shapes, then settings."""
     cases: list[Case] = []
     for kind, settings in config.settings.items():
         for model in config.models_of_kind(kind):
-            for (prompt, gen, batch), item in itertools.product(
-                itertools.product(config.prompt_length, config.gen_length, config.batch_size), settings
+            for task, prompt, gen, batch, item in itertools.product(
+                config.tasks, config.prompt_length, config.gen_length, config.batch_size, settings
             ):
                 cases.append(
                     Case(
@@ -84,6 +91,8 @@ def expand_cases(config: BenchConfig) -> list[Case]:
                         measured_rounds=config.measured_rounds,
                         seed=config.seed,
                         settings=item,
+                        task=task,
+                        task_options=tuple(sorted(config.task_options.get(task, {}).items())),
                     )
                 )
     return cases

@@ -31,15 +31,19 @@ from dllm_bench.spec import (
     MODEL_KINDS,
     NAME_PATTERN,
     RANDOM_INIT,
+    TRAINED_PREFIX,
     Checker,
     ConfigError,
     ModelSpec,
     one_line,
 )
+from dllm_bench.tasks import DEFAULT_ITEMS, EXTRACTORS, TASK_NAMES, TASK_OPTIONS
+from dllm_bench.trained import TRAINED_MODELS
 
-GRID_KEYS = ("prompt_length", "gen_length", "batch_size")
+GRID_KEYS = ("prompt_length", "gen_length", "batch_size", "task")
+REQUIRED_GRID_KEYS = ("prompt_length", "gen_length", "batch_size")
 SECTION_KEYS = tuple(b.section for b in BACKENDS.values() if b.section)
-TOP_LEVEL_KEYS = ("models", "grid", *SECTION_KEYS, "warmup_rounds", "measured_rounds", "seed", "threads")
+TOP_LEVEL_KEYS = ("models", "grid", *SECTION_KEYS, "tasks", "warmup_rounds", "measured_rounds", "seed", "threads")
 MODEL_KEYS = ("name", "kind", "source", "revision", "dtype", "device", "arch", "seed", "trust_remote_code")
 
 __all__ = ["BenchConfig", "ConfigError", "ModelSpec", "check_runnable", "load_config", "parse_config"]
@@ -59,6 +63,8 @@ class BenchConfig:
     measured_rounds: int = 3
     seed: int = 0
     threads: int | None = None
+    tasks: tuple[str, ...] = ("random",)
+    task_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def models_of_kind(self, kind: str) -> tuple[ModelSpec, ...]:
@@ -111,12 +117,15 @@ def parse_config(raw: object, path: Path) -> BenchConfig:
     models = _parse_models(check, top.get("models", []), path.parent) if "models" in top else ()
     grid = check.mapping(top.get("grid", {}), "grid") or {}
     check.known_keys(grid, "grid", GRID_KEYS)
-    for key in GRID_KEYS:
+    for key in REQUIRED_GRID_KEYS:
         if key not in grid:
             check.fail(f"grid.{key}", "a positive integer or a list of them (missing)", show_got=False)
     prompt_length = check.int_axis(grid.get("prompt_length", 1), "grid.prompt_length")
     gen_length = check.int_axis(grid.get("gen_length", 1), "grid.gen_length")
     batch_size = check.int_axis(grid.get("batch_size", 1), "grid.batch_size", maximum=MAX_BATCH)
+    tasks = check.choice_axis(grid.get("task", "random"), "grid.task", TASK_NAMES)
+    task_options = _parse_task_options(check, top.get("tasks"), tasks, path.parent)
+    _check_task_lengths(check, tasks, task_options, prompt_length, gen_length)
     settings = _parse_sections(check, top, models, gen_length)
     _check_lengths(check, models, prompt_length, gen_length)
     warmup = check.integer(top.get("warmup_rounds", 1), "warmup_rounds", minimum=0, maximum=MAX_ROUNDS)
@@ -138,8 +147,71 @@ def parse_config(raw: object, path: Path) -> BenchConfig:
         measured_rounds=measured,
         seed=seed,
         threads=threads,
+        tasks=tasks,
+        task_options=task_options,
         raw=top,
     )
+
+
+def _parse_task_options(
+    check: Checker, value: object, tasks: tuple[str, ...], base_dir: Path
+) -> dict[str, dict[str, Any]]:
+    """`tasks:` maps a task name to its options (`copy: {items: 8}`, `jsonl: {path: ...}`);
+    a relative jsonl path is relative to the config file's folder."""
+    if value is None:
+        value = {}
+    options = check.mapping(value, "tasks")
+    if options is None:
+        return {}
+    parsed: dict[str, dict[str, Any]] = {}
+    for name, raw in options.items():
+        if name not in TASK_NAMES:
+            check.fail(f"tasks.{name}", f"one of the tasks {', '.join(TASK_NAMES)} (unknown task)", show_got=False)
+            continue
+        entry = check.mapping(raw if raw is not None else {}, f"tasks.{name}")
+        if entry is None:
+            continue
+        check.known_keys(entry, f"tasks.{name}", sorted(TASK_OPTIONS[name]))
+        parsed[name] = dict(entry)
+    if "items" in parsed.get("copy", {}) or "items" in parsed.get("permute", {}):
+        for name in ("copy", "permute"):
+            if "items" in parsed.get(name, {}):
+                check.integer(parsed[name]["items"], f"tasks.{name}.items", maximum=1024)
+    if "jsonl" in tasks:
+        jsonl = parsed.get("jsonl", {})
+        path = jsonl.get("path")
+        if not isinstance(path, str) or not path:
+            check.fail("tasks.jsonl.path", 'a JSONL file of {"prompt": ..., "answer": ...} lines', path)
+        else:
+            jsonl["path"] = str((base_dir / Path(path).expanduser()).resolve())
+        extractor = jsonl.get("extractor", "last_number")
+        if not isinstance(extractor, str) or not (extractor in EXTRACTORS or extractor.startswith("regex:")):
+            check.fail("tasks.jsonl.extractor", f"one of {', '.join(EXTRACTORS)} or regex:PATTERN", extractor)
+        if not isinstance(jsonl.get("chat_template", True), bool):
+            check.fail("tasks.jsonl.chat_template", "true or false", jsonl.get("chat_template"))
+    return parsed
+
+
+def _check_task_lengths(
+    check: Checker,
+    tasks: tuple[str, ...],
+    options: Mapping[str, Mapping[str, Any]],
+    prompt_length: tuple[int, ...],
+    gen_length: tuple[int, ...],
+) -> None:
+    """The built-in list tasks need room for their prompt and their answer."""
+    for name in tasks:
+        if name not in ("copy", "permute") or not prompt_length or not gen_length:
+            continue
+        items = options.get(name, {}).get("items", DEFAULT_ITEMS)
+        if not isinstance(items, int):
+            continue
+        if min(prompt_length) < items + 3:
+            check.fail(
+                "grid.prompt_length", f"at least {items + 3} for task {name} ({items} items)", min(prompt_length)
+            )
+        if min(gen_length) < items:
+            check.fail("grid.gen_length", f"at least {items} for task {name} (its answer)", min(gen_length))
 
 
 def _parse_sections(
@@ -230,12 +302,18 @@ def _parse_model(check: Checker, value: object, key: str, base_dir: Path) -> Mod
 
 def _parse_source(check: Checker, source: object, key: str) -> str | None:
     expected = (
-        f"'{RANDOM_INIT}', a hub id (org/name) or a local folder starting with {', '.join(LOCAL_PREFIXES)} "
+        f"'{RANDOM_INIT}', a shipped model ({', '.join(TRAINED_PREFIX + name for name in TRAINED_MODELS)}), "
+        f"a hub id (org/name) or a local folder starting with {', '.join(LOCAL_PREFIXES)} "
         "(relative paths are relative to the config file)"
     )
     if not isinstance(source, str) or not source:
         check.fail(f"{key}.source", expected, source)
         return None
+    if source.startswith(TRAINED_PREFIX):
+        if source.removeprefix(TRAINED_PREFIX) not in TRAINED_MODELS:
+            check.fail(f"{key}.source", expected, source)
+            return None
+        return source
     if source != RANDOM_INIT and not source.startswith(LOCAL_PREFIXES) and not HUB_ID_PATTERN.match(source):
         check.fail(f"{key}.source", expected, source)
         return None
@@ -309,4 +387,7 @@ def check_runnable(config: BenchConfig) -> None:
                 f"'{model.source}' ('{model.source}' is read as a hub id)",
                 model.source,
             )
+    jsonl_path = config.task_options.get("jsonl", {}).get("path")
+    if "jsonl" in config.tasks and isinstance(jsonl_path, str) and not Path(jsonl_path).is_file():
+        check.fail("tasks.jsonl.path", "an existing file (relative paths are relative to the config file)", jsonl_path)
     check.raise_if_failed()

@@ -54,6 +54,7 @@ class Row:
     batch_size: int | None = _column("sequences per generate call (grid.batch_size)")
     seed: int | None = _column("seed of the prompts (seed)")
     task: str | None = _column("what the prompts are and how outputs are scored (grid.task); random is speed only")
+    task_options: str | None = _column("the task's options (tasks.<task>) as JSON; empty when it has none")
     steps: int | None = _column("LLaDA diffusion steps (llada.steps); empty for baseline")
     block_length: int | None = _column("LLaDA block length (llada.block_length); empty for baseline")
     remasking: str | None = _column("LLaDA remasking strategy (llada.remasking); empty for baseline")
@@ -222,6 +223,7 @@ IDENTITY_COLUMNS: tuple[str, ...] = (
     "batch_size",
     "seed",
     "task",
+    "task_options",
     "steps",
     "block_length",
     "remasking",

@@ -19,11 +19,12 @@ import torch
 
 from dllm_bench.backends import backend
 from dllm_bench.cases import Case
+from dllm_bench.feed import PromptFeed
 from dllm_bench.models.loader import LoadedModel
 from dllm_bench.progress import CaseProgress
-from dllm_bench.prompts import make_prompt
 from dllm_bench.rows import Row
 from dllm_bench.sinks.manifest import utc_now
+from dllm_bench.tasks import Task, accuracy_stats, make_task, rounds_needed
 from dllm_bench.timing import LatencyStats, synchronized_timer, time_rounds
 from dllm_bench.trackers import EnergyRecord, EnergyTracker, MemoryRecord, MemoryTracker
 
@@ -31,6 +32,8 @@ LOG = logging.getLogger("dllm_bench.runner")
 
 # Above this coefficient of variation of the measured rounds a row is marked `cv`.
 CV_LIMIT = 0.25
+# At least this many prompts are scored per case of a scored task.
+MIN_SCORED = 64
 
 # Times `call` for the case's measured rounds (running `before_round` untimed before each
 # call) and returns the durations. The warm-up is run by `run_case` itself.
@@ -50,7 +53,11 @@ class CallRecorder:
     forwards: int = 0
     calls: int = 0
     per_call: list[int] = field(default_factory=list)
-    last_output: torch.Tensor | None = field(default=None, repr=False)
+    outputs: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    @property
+    def last_output(self) -> torch.Tensor | None:
+        return self.outputs[-1] if self.outputs else None
 
     def count_forward(self, *_: object) -> None:
         self.forwards += 1
@@ -58,12 +65,13 @@ class CallRecorder:
     def record(self, output: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         self.per_call.append(self.forwards - sum(self.per_call))
-        self.last_output = output
+        self.outputs.append(output)
         return output
 
     def reset(self) -> None:
         self.forwards = self.calls = 0
         self.per_call.clear()
+        self.outputs.clear()
 
     def nfe(self) -> float:
         """Forward passes per generate call, the mean over the calls recorded."""
@@ -142,14 +150,30 @@ def case_row(case: Case, loaded: LoadedModel | None = None) -> Row:
     return row
 
 
-def case_prompt(case: Case, loaded: LoadedModel) -> torch.Tensor:
-    return make_prompt(
-        batch_size=case.batch_size,
-        prompt_length=case.prompt_length,
+def case_task(case: Case, loaded: LoadedModel) -> Task:
+    """The task object of a case: its prompts and scorer, for this model's vocabulary."""
+    tokenizer = loaded.tokenizer() if case.task == "jsonl" else None
+    return make_task(
+        case.task,
+        dict(case.task_options),
         vocab_size=loaded.vocab_size,
         forbidden_ids=loaded.special_ids,
-        seed=case.seed,
-    ).to(loaded.device)
+        tokenizer=tokenizer,
+        eos_ids=loaded.eos_ids,
+    )
+
+
+def case_feed(case: Case, loaded: LoadedModel, task: Task) -> PromptFeed:
+    """Every round's batch: the measured rounds', then, for a scored task, the untimed extra
+    rounds that bring the scored prompts to at least MIN_SCORED."""
+    rounds = case.measured_rounds
+    if task.scored:
+        rounds = rounds_needed(batch_size=case.batch_size, min_scored=MIN_SCORED, measured_rounds=rounds)
+    batches = [
+        task.batch(batch_size=case.batch_size, prompt_length=case.prompt_length, seed=case.seed, round_index=r)
+        for r in range(rounds)
+    ]
+    return PromptFeed(batches, loaded.device)
 
 
 def check_length(case: Case, loaded: LoadedModel) -> None:
@@ -191,14 +215,26 @@ def run_case(
     measure: Measure = measure_with_own_timer,
     progress: CaseProgress | None = None,
 ) -> Row:
-    """Measure one case and return its complete row."""
+    """Measure one case and return its complete row.
+
+    Warm-up calls read round 0's prompts; measured round r reads round r's (a batch is
+    selected before each call, untimed). For a scored task, the measured calls' outputs are
+    scored, then untimed extra rounds of the same call until MIN_SCORED prompts are scored.
+    """
     check_length(case, loaded)
     kind = backend(case.kind)
     recorder = CallRecorder()
     progress = progress or CaseProgress(None, 0, 0, 0)
     load = host_load()
-    prompt = case_prompt(case, loaded)
-    call = kind.build_call(case, loaded, prompt, recorder)
+    task = case_task(case, loaded)
+    feed = case_feed(case, loaded, task)
+    call = kind.build_call(case, loaded, feed, recorder)
+    rounds = iter(range(case.measured_rounds))
+
+    def before_measured_round() -> None:
+        progress.round_started()
+        feed.select(next(rounds))
+
     progress_hook = loaded.model.register_forward_hook(progress.forward)
     try:
         profile = _warm_up(loaded, call, case.warmup_rounds, progress.round_started)
@@ -207,7 +243,7 @@ def run_case(
         try:
             cpu_start, wall_start = time.process_time(), time.perf_counter()
             with MemoryTracker(loaded.device) as memory, EnergyTracker(loaded.device) as energy:
-                durations = measure(call, case.measured_rounds, progress.round_started)
+                durations = measure(call, case.measured_rounds, before_measured_round)
             cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - wall_start
         finally:
             count_hook.remove()
@@ -217,17 +253,36 @@ def run_case(
     stats = LatencyStats.from_durations(durations)
     values: dict[str, object] = {
         **_latency_fields(stats),
-        **_token_fields(case, loaded, prompt, recorder, stats),
+        **_token_fields(case, loaded, feed, recorder, stats),
         **_forward_fields(profile),
         **_memory_fields(memory.record()),
         **_energy_fields(case, energy.record(), loaded.device),
-        **kind.extra_fields(case, loaded, prompt, stats),
+        **kind.extra_fields(case, loaded, feed, stats),
         **_load_fields(load, stats, cpu_s / wall_s if loaded.device.type == "cpu" and wall_s > 0 else None),
-        "status": "ok",
-        "error": None,
-        "timestamp": utc_now(),
     }
+    measured_outputs = list(recorder.outputs)
+    values["agreement_exact"] = kind.agreement(case, loaded, feed, measured_outputs)
+    values.update(_accuracy_fields(task, feed, call, measured_outputs))
+    values.update(status="ok", error=None, timestamp=utc_now())
     return case_row(case, loaded).with_values(values)
+
+
+def _accuracy_fields(
+    task: Task, feed: PromptFeed, call: Callable[[], torch.Tensor], outputs: Sequence[torch.Tensor]
+) -> dict[str, object]:
+    """Score the measured calls' outputs, then untimed extra rounds of the same call."""
+    if not task.scored:
+        return {}
+    results: list[bool] = []
+    for round_index, batch in enumerate(feed.batches):
+        if round_index < len(outputs):
+            output = outputs[round_index]
+        else:
+            feed.select(round_index)
+            output = call()
+        results += task.score(batch, output.detach().to("cpu"))
+    stats = accuracy_stats(results)
+    return {"accuracy": stats.accuracy, "accuracy_se": stats.accuracy_se, "n_scored": stats.n_scored}
 
 
 def _warm_up(
@@ -255,11 +310,11 @@ def _latency_fields(stats: LatencyStats) -> dict[str, object]:
 
 
 def _token_fields(
-    case: Case, loaded: LoadedModel, prompt: torch.Tensor, recorder: CallRecorder, stats: LatencyStats
+    case: Case, loaded: LoadedModel, feed: PromptFeed, recorder: CallRecorder, stats: LatencyStats
 ) -> dict[str, object]:
     assert recorder.last_output is not None
     generated = case.batch_size * case.gen_length
-    output = backend(case.kind).eos_output(case, loaded, prompt, recorder.last_output)
+    output = backend(case.kind).eos_output(case, loaded, feed, recorder.last_output)
     until_eos = tokens_until_eos(output[:, case.prompt_length :], loaded.eos_ids, length=case.gen_length)
     nfe = recorder.nfe()
     return {

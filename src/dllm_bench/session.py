@@ -64,7 +64,8 @@ from dllm_bench.sinks.csvfiles import (
 )
 from dllm_bench.sinks.gate import GateError, GateResult, GateRule, check_gate, load_reference, parse_gate
 from dllm_bench.sinks.manifest import Counts, Manifest, final_status, utc_now, write_manifest
-from dllm_bench.sinks.summary import relative_speed_lines, summary_lines
+from dllm_bench.sinks.quality import with_aup
+from dllm_bench.sinks.summary import aup_lines, relative_speed_lines, summary_lines
 from dllm_bench.spec import ConfigError
 from dllm_bench.xdist import STOP_FILE, stop_requested, write_stop_file
 
@@ -469,7 +470,7 @@ class RunSession:
             self.storage_error = self.storage_error or str(exc)
             LOG.error("%s; raw_metrics.csv is left as it was", exc)
             return []
-        rows = latest_per_case(held, self.grid_keys)
+        rows = with_aup(latest_per_case(held, self.grid_keys))
         grid = set(self.grid_keys)
         self.final_rows = [row for row in rows if row.key() in grid]
         try:
@@ -523,9 +524,9 @@ class RunSession:
             return []
         lines: list[tuple[str, bool]] = []
         if self.final_rows:
-            lines += [
-                (line, False) for line in [*summary_lines(self.final_rows), "", *relative_speed_lines(self.final_rows)]
-            ]
+            tables = [*summary_lines(self.final_rows), "", *relative_speed_lines(self.final_rows)]
+            aup = aup_lines(self.final_rows)
+            lines += [(line, False) for line in [*tables, *(["", *aup] if aup else [])]]
         lines += [(line, "FAILED" in line) for line in self.gate_lines()]
         if _xdist_on(self.pytest_config):
             lines.append(

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dllm_bench.trained import trained_model_dir
+
 MODEL_KINDS = ("llada", "baseline")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 RANDOM_INIT = "random-init"
+TRAINED_PREFIX = "trained:"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*$")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -56,12 +59,19 @@ class ModelSpec:
         return self.source == RANDOM_INIT
 
     @property
+    def is_trained(self) -> bool:
+        """One of the small trained models shipped with the suite (`trained:<name>`)."""
+        return self.source.startswith(TRAINED_PREFIX)
+
+    @property
     def is_local(self) -> bool:
-        return self.source.startswith(LOCAL_PREFIXES)
+        return self.source.startswith(LOCAL_PREFIXES) or self.is_trained
 
     def location(self) -> str:
         """What `from_pretrained` gets: a local folder (relative paths are relative to the
-        config file's folder) or the hub id."""
+        config file's folder; `trained:<name>` is the shipped model's folder) or the hub id."""
+        if self.is_trained:
+            return str(trained_model_dir(self.source.removeprefix(TRAINED_PREFIX)))
         if self.is_local:
             return str((self.base_dir / Path(self.source).expanduser()).resolve())
         return self.source

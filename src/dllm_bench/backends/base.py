@@ -10,7 +10,7 @@ Adding a model kind means one new module here, registered in `dllm_bench.backend
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +20,7 @@ from dllm_bench.spec import Checker, ModelSpec
 
 if TYPE_CHECKING:
     from dllm_bench.cases import Case
+    from dllm_bench.feed import PromptFeed
     from dllm_bench.models.loader import LoadedModel
     from dllm_bench.runner import CallRecorder
     from dllm_bench.timing import LatencyStats
@@ -88,19 +89,27 @@ class Backend(ABC):
 
     @abstractmethod
     def build_call(
-        self, case: Case, loaded: LoadedModel, prompt: torch.Tensor, recorder: CallRecorder
+        self, case: Case, loaded: LoadedModel, feed: PromptFeed, recorder: CallRecorder
     ) -> Callable[[], torch.Tensor]:
-        """The function that is timed: one generate call over the prompt batch."""
+        """The function that is timed: one generate call over the feed's selected batch."""
 
-    def eos_output(self, case: Case, loaded: LoadedModel, prompt: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def eos_output(self, case: Case, loaded: LoadedModel, feed: PromptFeed, last: torch.Tensor) -> torch.Tensor:
         """The output whose EOS positions count for `tokens_until_eos` (the last timed one)."""
         return last
 
     def extra_fields(
-        self, case: Case, loaded: LoadedModel, prompt: torch.Tensor, stats: LatencyStats
+        self, case: Case, loaded: LoadedModel, feed: PromptFeed, stats: LatencyStats
     ) -> dict[str, object]:
-        """Row fields only this kind measures."""
+        """Row fields only this kind measures (on the feed's selected batch)."""
         return {}
+
+    def agreement(
+        self, case: Case, loaded: LoadedModel, feed: PromptFeed, outputs: Sequence[torch.Tensor]
+    ) -> float | None:
+        """`agreement_exact`: the share of generated positions of `outputs` (one per round
+        of the feed) equal to a reference decode of the same prompts; None when the kind
+        has none."""
+        return None
 
     def check_output(self, case: Case, loaded: LoadedModel, output: torch.Tensor) -> None:
         """Complain (log or raise) about an output the kind considers wrong (nothing by default)."""

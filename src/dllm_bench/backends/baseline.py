@@ -21,6 +21,7 @@ from dllm_bench.timing import time_rounds
 
 if TYPE_CHECKING:
     from dllm_bench.cases import Case
+    from dllm_bench.feed import PromptFeed
     from dllm_bench.models.loader import LoadedModel
     from dllm_bench.runner import CallRecorder
     from dllm_bench.timing import LatencyStats
@@ -127,21 +128,21 @@ class BaselineBackend(Backend):
         return model
 
     def build_call(
-        self, case: Case, loaded: LoadedModel, prompt: torch.Tensor, recorder: CallRecorder
+        self, case: Case, loaded: LoadedModel, feed: PromptFeed, recorder: CallRecorder
     ) -> Callable[[], torch.Tensor]:
-        return greedy_call(loaded, prompt, recorder, new_tokens=case.gen_length)
+        return greedy_call(loaded, feed, recorder, new_tokens=case.gen_length)
 
-    def eos_output(self, case: Case, loaded: LoadedModel, prompt: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def eos_output(self, case: Case, loaded: LoadedModel, feed: PromptFeed, last: torch.Tensor) -> torch.Tensor:
         """Where the model would stop: an untimed extra call that may stop at EOS (the timed
         calls suppress EOS to fix the length)."""
-        return greedy_call(loaded, prompt, None, new_tokens=case.gen_length, fixed_length=False)()
+        return greedy_call(loaded, feed, None, new_tokens=case.gen_length, fixed_length=False)()
 
     def extra_fields(
-        self, case: Case, loaded: LoadedModel, prompt: torch.Tensor, stats: LatencyStats
+        self, case: Case, loaded: LoadedModel, feed: PromptFeed, stats: LatencyStats
     ) -> dict[str, object]:
         """Time to first token: a prefill-only call (one new token), timed the same way;
         time per output token: the rest of the latency spread over the other tokens."""
-        prefill = greedy_call(loaded, prompt, None, new_tokens=1)
+        prefill = greedy_call(loaded, feed, None, new_tokens=1)
         ttft = statistics.fmean(time_rounds(prefill, warmup_rounds=1, measured_rounds=case.measured_rounds))
         fields: dict[str, object] = {"ttft_s": ttft}
         if case.gen_length > 1:
@@ -151,23 +152,23 @@ class BaselineBackend(Backend):
 
 def greedy_call(
     loaded: LoadedModel,
-    prompt: torch.Tensor,
+    feed: PromptFeed,
     recorder: CallRecorder | None,
     *,
     new_tokens: int,
     fixed_length: bool = True,
 ) -> Callable[[], torch.Tensor]:
-    """Greedy transformers generate with the KV cache: exactly `new_tokens` new tokens
-    (EOS suppressed until then), or with `fixed_length=False` stopping at EOS."""
-    attention_mask = torch.ones_like(prompt)
+    """Greedy transformers generate with the KV cache over the feed's selected batch (left
+    padding masked): exactly `new_tokens` new tokens (EOS suppressed until then), or with
+    `fixed_length=False` stopping at EOS."""
     pad_id = loaded.pad_id if loaded.pad_id is not None else (loaded.eos_ids[0] if loaded.eos_ids else 0)
     generate_fn: Callable[..., torch.Tensor] = loaded.model.generate  # type: ignore[assignment]
 
     def call() -> torch.Tensor:
         with torch.inference_mode():
             output = generate_fn(
-                input_ids=prompt,
-                attention_mask=attention_mask,
+                input_ids=feed.input_ids,
+                attention_mask=feed.full_mask(),
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens if fixed_length else 0,
                 do_sample=False,

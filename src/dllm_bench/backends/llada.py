@@ -6,7 +6,7 @@ import itertools
 import logging
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from dllm_bench.spec import Checker, ModelSpec
 
 if TYPE_CHECKING:
     from dllm_bench.cases import Case
+    from dllm_bench.feed import PromptFeed
     from dllm_bench.models.loader import LoadedModel
     from dllm_bench.runner import CallRecorder
 
@@ -174,7 +175,7 @@ class LladaBackend(Backend):
         return loaded
 
     def build_call(
-        self, case: Case, loaded: LoadedModel, prompt: torch.Tensor, recorder: CallRecorder
+        self, case: Case, loaded: LoadedModel, feed: PromptFeed, recorder: CallRecorder
     ) -> Callable[[], torch.Tensor]:
         settings = case.settings
         assert isinstance(settings, LladaSettings)
@@ -185,7 +186,8 @@ class LladaBackend(Backend):
         def call() -> torch.Tensor:
             output = generate(
                 loaded.model,
-                prompt,
+                feed.input_ids,
+                feed.attention_mask,
                 steps=settings.steps,
                 gen_length=gen_length,
                 block_length=settings.block_length,
@@ -197,6 +199,56 @@ class LladaBackend(Backend):
             return recorder.record(output)
 
         return call
+
+    def agreement(
+        self, case: Case, loaded: LoadedModel, feed: PromptFeed, outputs: Sequence[torch.Tensor]
+    ) -> float | None:
+        """Share of generated positions equal to the exact decode of the same prompts: the
+        same model, block length, temperature, remasking and cfg, one token per step, no
+        cache. Each exact decode is computed once per process (untimed) and reused by every
+        case of the same prompts and block length."""
+        settings = case.settings
+        assert isinstance(settings, LladaSettings) and loaded.mask_id is not None
+        equal = total = 0
+        for round_index, output in enumerate(outputs):
+            exact = self._exact_decode(case, loaded, feed, round_index)
+            generated, reference = output[:, case.prompt_length :], exact[:, case.prompt_length :]
+            equal += int(torch.eq(generated, reference).sum().item())
+            total += reference.numel()
+        return equal / total if total else None
+
+    def _exact_decode(self, case: Case, loaded: LoadedModel, feed: PromptFeed, round_index: int) -> torch.Tensor:
+        settings = case.settings
+        assert isinstance(settings, LladaSettings) and loaded.mask_id is not None
+        key = (
+            "exact",
+            case.task,
+            case.task_options,
+            case.seed,
+            case.prompt_length,
+            case.gen_length,
+            case.batch_size,
+            round_index,
+            settings.block_length,
+            settings.temperature,
+            settings.remasking,
+            settings.cfg_scale,
+        )
+        if key not in loaded.memo:
+            feed.select(round_index)
+            loaded.memo[key] = generate(
+                loaded.model,
+                feed.input_ids,
+                feed.attention_mask,
+                steps=case.gen_length,
+                gen_length=case.gen_length,
+                block_length=settings.block_length,
+                temperature=settings.temperature,
+                cfg_scale=settings.cfg_scale,
+                remasking=settings.remasking,
+                mask_id=loaded.mask_id,
+            )
+        return loaded.memo[key]
 
     def check_output(self, case: Case, loaded: LoadedModel, output: torch.Tensor) -> None:
         """A canvas with mask tokens left is logged: the model itself predicted the mask id,

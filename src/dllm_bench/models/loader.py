@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from filelock import FileLock
+from transformers import AutoTokenizer
 
 from dllm_bench.backends import backend
 from dllm_bench.models.random_init import (
@@ -57,6 +58,22 @@ class LoadedModel:
     special_ids: tuple[int, ...]
     max_length: int | None
     load_seconds: float
+    location: str = ""
+    # Outputs this process computed once and reuses (e.g. exact decodes), by a kind's key.
+    memo: dict[tuple[object, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (loaded on first use, from the same folder or hub id)."""
+        if self._tokenizer is None:
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.location, revision=self.spec.revision)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"model '{self.spec.name}': no tokenizer could be loaded from {self.location}: "
+                    f"{type(exc).__name__}: {one_line(str(exc))[:200]}"
+                ) from exc
+        return self._tokenizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,6 +139,7 @@ def _load(spec: ModelSpec, cache_dir: Path) -> LoadedModel:
     model = backend(spec.kind).load(spec, location, dtype).to(device).eval()
     seconds = time.perf_counter() - start
     loaded = _describe(spec, model, device, dtype, seconds)
+    loaded.location = location
     LOG.info("loaded model %s (%s) on %s in %s in %.2f s", spec.name, spec.source, device, dtype, seconds)
     return loaded
 

@@ -25,8 +25,13 @@ from dllm_bench.sinks.text import format_significant
 
 LOG = logging.getLogger("dllm_bench.gate")
 
-GATE_FORM = "METRIC:+N% (fail on a rise of more than N%) or METRIC:-N% (fail on a fall of more than N%)"
-GATE_EXAMPLES = "e.g. tokens_per_s:-10% or latency_mean_s:+15%"
+GATE_FORM = (
+    "METRIC:+N% (fail on a rise of more than N%) or METRIC:-N% (fail on a fall of more than N%); "
+    "for a share column (accuracy, agreement_exact, outside_forward_share) also METRIC:-Npp (percentage points)"
+)
+GATE_EXAMPLES = "e.g. tokens_per_s:-10%, latency_mean_s:+15% or accuracy:-2pp"
+# Columns holding a share in 0..1, which a rule may limit in percentage points.
+SHARE_COLUMNS = ("agreement_exact", "accuracy", "outside_forward_share")
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -37,27 +42,35 @@ class GateError(ValueError):
 
 @dataclass(frozen=True)
 class GateRule:
-    """Fail a case when `metric` changes by more than `change_pct` percent in the sign's direction."""
+    """Fail a case when `metric` changes by more than `change` in the sign's direction: in
+    percent of the reference value (unit `%`), or in percentage points of a share (`pp`)."""
 
     metric: str
-    change_pct: float
+    change: float
+    unit: str = "%"
 
     @property
     def rise_is_bad(self) -> bool:
         # copysign keeps the direction of "-0%" (fail on any fall).
-        return math.copysign(1.0, self.change_pct) > 0
+        return math.copysign(1.0, self.change) > 0
 
-    def is_violated(self, change_pct: float) -> bool:
+    def is_violated(self, change: float) -> bool:
         """Past the limit; a change equal to it (up to float rounding: 1.0 -> 1.15 is +15.000000000000002%) passes."""
-        if math.isclose(change_pct, self.change_pct, rel_tol=1e-9, abs_tol=1e-9):
+        if math.isclose(change, self.change, rel_tol=1e-9, abs_tol=1e-9):
             return False
         if self.rise_is_bad:
-            return change_pct > self.change_pct
-        return change_pct < self.change_pct
+            return change > self.change
+        return change < self.change
+
+    def change_of(self, before: float, current: float) -> float:
+        """The change from `before` to `current` in this rule's unit."""
+        if self.unit == "pp":
+            return (current - before) * 100.0
+        return percent_change(before, current)
 
     def spec(self) -> str:
         sign = "+" if self.rise_is_bad else "-"
-        return f"{self.metric}:{sign}{abs(self.change_pct):g}%"
+        return f"{self.metric}:{sign}{abs(self.change):g}{self.unit}"
 
 
 @dataclass(frozen=True)
@@ -68,14 +81,17 @@ class GateFailure:
     metric: str
     reference: float
     current: float
-    change_pct: float
-    limit_pct: float
+    change: float
+    limit: float
+    unit: str = "%"
 
     def describe(self) -> str:
         """E.g. `tiny-llada-p32-g32-b1-s8-k32: tokens_per_s 812.4 -> 650.1 (-20.0%, limit -10%)`."""
+        space = " " if self.unit == "pp" else ""
         return (
             f"{self.case_id}: {self.metric} {format_significant(self.reference)} -> "
-            f"{format_significant(self.current)} ({self.change_pct:+.1f}%, limit {self.limit_pct:+g}%)"
+            f"{format_significant(self.current)} ({self.change:+.1f}{space}{self.unit}, "
+            f"limit {self.limit:+g}{space}{self.unit})"
         )
 
 
@@ -151,16 +167,19 @@ def _check_metric(spec: str, metric: str) -> None:
         raise _gate_error(spec, f"{metric!r} is not a numeric measurement (numeric columns: {choices})")
 
 
-def _parse_change(spec: str, change: str) -> float:
+def _parse_change(spec: str, change: str, metric: str) -> tuple[float, str]:
     if not change or change[0] not in "+-":
         raise _gate_error(spec, "the change needs a sign: + fails on a rise, - fails on a fall")
-    if not change.endswith("%"):
-        raise _gate_error(spec, "the change must end with %")
-    digits = change[1:-1]
+    unit = "pp" if change.endswith("pp") else "%" if change.endswith("%") else ""
+    if not unit:
+        raise _gate_error(spec, "the change must end with % (or pp for a share column)")
+    if unit == "pp" and metric not in SHARE_COLUMNS:
+        raise _gate_error(spec, f"pp (percentage points) applies to the share columns {', '.join(SHARE_COLUMNS)}")
+    digits = change[1 : -len(unit)]
     if not _NUMBER.fullmatch(digits):
         raise _gate_error(spec, f"{digits!r} is not a number")
     magnitude = float(digits)
-    return -magnitude if change[0] == "-" else magnitude
+    return (-magnitude if change[0] == "-" else magnitude), unit
 
 
 def parse_gate(spec: str) -> GateRule:
@@ -171,7 +190,8 @@ def parse_gate(spec: str) -> GateRule:
         raise _gate_error(spec, "no ':' between the metric and the change")
     metric = metric.strip()
     _check_metric(spec, metric)
-    return GateRule(metric=metric, change_pct=_parse_change(spec, change.strip()))
+    value, unit = _parse_change(spec, change.strip(), metric)
+    return GateRule(metric=metric, change=value, unit=unit)
 
 
 def _reference_file(path: Path) -> Path:
@@ -222,7 +242,7 @@ def _compare(row: Row, reference: Row, rule: GateRule) -> GateFailure | None:
     current = number(row, rule.metric)
     before = number(reference, rule.metric)
     assert current is not None and before is not None
-    change = percent_change(before, current)
+    change = rule.change_of(before, current)
     if not rule.is_violated(change):
         return None
     return GateFailure(
@@ -230,8 +250,9 @@ def _compare(row: Row, reference: Row, rule: GateRule) -> GateFailure | None:
         metric=rule.metric,
         reference=before,
         current=current,
-        change_pct=change,
-        limit_pct=rule.change_pct,
+        change=change,
+        limit=rule.change,
+        unit=rule.unit,
     )
 
 

@@ -16,15 +16,16 @@ COLUMN_GAP = "  "
 INDENT = "  "
 
 RELATIVE_SPEED_HEADER = (
-    "LLaDA speed relative to the AR baseline at the same prompt length, gen length and batch size "
-    "(tokens_per_s ratio; >1 means LLaDA is faster)"
+    "LLaDA speed relative to the AR baseline at the same task, prompt length, gen length and batch size "
+    "(tokens_per_s ratio; >1 means LLaDA is faster; with a scored task, the accuracy difference in points)"
 )
+AUP_HEADER = "Accuracy under parallelism (AUP) per LLaDA model, task and shape (see the README's 'Quality')"
 NOISE_NOTE = (
     "noise_warning: the machine was busy (load) or the rounds varied (cv); those timings are not reliable, "
     "see the README's 'Stable numbers'"
 )
 
-Shape = tuple[int | None, int | None, int | None]
+Shape = tuple[object, ...]
 Cell = Callable[[Row], str]
 
 
@@ -58,8 +59,12 @@ def _columns(rows: Sequence[Row]) -> list[tuple[str, bool, Cell]]:
         ("latency_mean_s", True, _latency_cell),
         ("tokens_per_s", True, _float_cell("tokens_per_s", ".1f")),
         ("nfe", True, lambda r: MISSING if r.nfe is None else format(r.nfe, "g")),
-        (memory, True, _float_cell(memory, ".1f")),
     ]
+    if any(r.kind == "llada" and r.tokens_per_forward is not None for r in rows):
+        columns.append(("tokens_per_forward", True, _float_cell("tokens_per_forward", ".2f")))
+    if any(r.accuracy is not None for r in rows):
+        columns.append(("accuracy", True, _float_cell("accuracy", ".3f")))
+    columns.append((memory, True, _float_cell(memory, ".1f")))
     if any(r.noise_warning for r in rows):
         columns.append(("noise_warning", False, lambda r: r.noise_warning or ""))
     return columns
@@ -83,7 +88,7 @@ def summary_lines(rows: Sequence[Row]) -> list[str]:
 
 
 def _shape(row: Row) -> Shape:
-    return (row.prompt_length, row.gen_length, row.batch_size)
+    return (row.task, row.task_options, row.prompt_length, row.gen_length, row.batch_size)
 
 
 def _ratio_line(llada: Row, baseline: Row) -> str:
@@ -92,7 +97,10 @@ def _ratio_line(llada: Row, baseline: Row) -> str:
     baseline_speed = number(baseline, "tokens_per_s")
     if llada_speed is None or baseline_speed is None or baseline_speed <= 0:
         return f"{pair}: no tokens_per_s to compare"
-    return f"{pair}: {format_ratio(llada_speed / baseline_speed)}"
+    line = f"{pair}: {format_ratio(llada_speed / baseline_speed)}"
+    if llada.accuracy is not None and baseline.accuracy is not None:
+        line += f", accuracy {100 * (llada.accuracy - baseline.accuracy):+.1f} pp"
+    return line
 
 
 def relative_speed_lines(rows: Sequence[Row]) -> list[str]:
@@ -115,6 +123,21 @@ def relative_speed_lines(rows: Sequence[Row]) -> list[str]:
             lines.extend(_ratio_line(llada, baseline) for baseline in baselines[shape])
         elif shape not in named:
             named.add(shape)
-            prompt_length, gen_length, batch_size = shape
-            lines.append(f"{INDENT}no baseline at p{prompt_length} g{gen_length} b{batch_size}")
+            task, _, prompt_length, gen_length, batch_size = shape
+            where = f"p{prompt_length} g{gen_length} b{batch_size}" + ("" if task in (None, "random") else f" {task}")
+            lines.append(f"{INDENT}no baseline at {where}")
+    return lines
+
+
+def aup_lines(rows: Sequence[Row]) -> list[str]:
+    """One line per LLaDA model, task and shape with an AUP (the rows of raw_metrics.csv)."""
+    seen: dict[Shape, float] = {}
+    for row in rows:
+        if row.aup is not None:
+            seen.setdefault((row.model, row.task, row.prompt_length, row.gen_length, row.batch_size), row.aup)
+    if not seen:
+        return []
+    lines = [AUP_HEADER]
+    for (model, task, prompt_length, gen_length, batch_size), score in seen.items():
+        lines.append(f"{INDENT}{model} {task} p{prompt_length} g{gen_length} b{batch_size}: {score:.1f}")
     return lines

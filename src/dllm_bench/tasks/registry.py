@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from dllm_bench.tasks.base import Task
@@ -18,12 +19,14 @@ TASK_NAMES: tuple[str, ...] = ("random", *LIST_TASKS, "jsonl")
 #: Items per prompt of the list tasks when not set.
 DEFAULT_ITEMS = 8
 #: The options each task accepts.
-TASK_OPTIONS: dict[str, frozenset[str]] = {
-    "random": frozenset(),
-    "copy": frozenset({"items"}),
-    "permute": frozenset({"items"}),
-    "jsonl": frozenset({"path", "extractor", "chat_template"}),
-}
+TASK_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "random": frozenset(),
+        "copy": frozenset({"items"}),
+        "permute": frozenset({"items"}),
+        "jsonl": frozenset({"path", "extractor", "chat_template"}),
+    }
+)
 
 
 def _check_options(name: str, options: Mapping[str, Any]) -> None:

@@ -8,14 +8,16 @@ holds ``config.json``, ``model.safetensors``, the tokenizer files and ``training
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 __all__ = ["TRAINED_DIR", "TRAINED_MODELS", "trained_model_dir"]
 
 #: The folder holding the shipped models.
 TRAINED_DIR = Path(__file__).resolve().parent
 #: Names of the shipped models and their kind (the ``kind`` of a config entry).
-TRAINED_MODELS: dict[str, str] = {"tasks-llada": "llada", "tasks-llama": "baseline"}
+TRAINED_MODELS: Mapping[str, str] = MappingProxyType({"tasks-llada": "llada", "tasks-llama": "baseline"})
 
 
 def trained_model_dir(name: str) -> Path:
