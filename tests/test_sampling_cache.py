@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
@@ -226,7 +225,8 @@ def literal_generate(
                 confidence: dict[int, float] = {}
                 for w in candidates:
                     row = logits[w][b]
-                    probabilities = F.softmax(row, dim=-1, dtype=torch.float32)
+                    exps = torch.exp(row.float() - row.float().max())
+                    probabilities = exps / exps.sum()
                     if noise is None:
                         scores = row.clone()
                     else:

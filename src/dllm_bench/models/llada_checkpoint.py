@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
@@ -86,12 +85,6 @@ def load_llada_config(source: str | Path, *, revision: str | None = None) -> LLa
     return config
 
 
-def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained``'s dtype keyword: ``dtype`` from transformers 4.56, ``torch_dtype`` before."""
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
 def load_llada_checkpoint(
     source: str | Path, *, dtype: torch.dtype, revision: str | None = None
 ) -> LLaDAModelLM:
@@ -106,14 +99,14 @@ def load_llada_checkpoint(
     try:
         # Mismatched shapes are reported in the loading info (and refused below) rather than raised
         # as an error whose details only go to the log.
-        from_pretrained: Any = LLaDAModelLM.from_pretrained  # its keywords differ between transformers versions
+        from_pretrained: Any = LLaDAModelLM.from_pretrained  # typed as returning the model alone
         model, info = from_pretrained(
             str(source),
             config=config,
             revision=revision,
             output_loading_info=True,
             ignore_mismatched_sizes=True,
-            **_dtype_argument(dtype),
+            dtype=dtype,
         )
     except OSError as exc:
         raise CheckpointNotFoundError(f"{what}: could not read the weights: {_one_line(exc)}. {_FIX}") from exc

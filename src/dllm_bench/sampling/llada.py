@@ -691,6 +691,23 @@ def _generate_blockwise(
     return x
 
 
+def _block_rows(logits: torch.Tensor, rows: torch.Tensor, half: int, cfg_scale: float) -> torch.Tensor:
+    """The rows ``rows`` of ``logits`` flattened to (N, V), combined with their unconditional rows under cfg.
+
+    A view of the model's output when every row is used (its mask-id column may then be
+    overwritten), else a copy.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    if rows.numel() != half:
+        return _gathered_logits(logits, rows, half, cfg_scale)
+    # rows is increasing, so using every row of the (conditional) half means rows == arange(half).
+    cond = flat[:half]
+    if cfg_scale <= 0:
+        return cond
+    uncond = flat[half:]
+    return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
 def _predict(
     logits: torch.Tensor, index: torch.Tensor, masked: torch.Tensor, options: _Options
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -709,14 +726,18 @@ def _predict(
 
     flat_index = masked.reshape(-1).nonzero().squeeze(1)  # b * W + w of every masked position
     rows = flat_index // width * span + index[flat_index % width]
-    chosen = _gathered_logits(logits.contiguous(), rows, batch * span, options.cfg_scale)
-    p = F.softmax(chosen, dim=-1, dtype=torch.float32) if random_p is None else None
+    chosen = _block_rows(logits, rows, batch * span, options.cfg_scale)
+    if random_p is None:
+        # Float32 softmax probability of the prediction, as softmax computes it: exp(l - max) / sum exp(l - max).
+        as_float = chosen.float()
+        exps = as_float - as_float.amax(dim=-1, keepdim=True)
+        exps.exp_()
+        normalizer = exps.sum(dim=-1)
     noise_rows = None if noise is None else noise.view(batch * width, vocab).index_select(0, flat_index)
     predicted = _gumbel_argmax(chosen, noise_rows, options.temperature, options.mask_id)
-    if p is not None:
-        chosen_p = torch.gather(p, -1, predicted.unsqueeze(-1)).squeeze(-1)
+    if random_p is None:
+        chosen_p = exps.gather(1, predicted.unsqueeze(1)).squeeze(1) / normalizer
     else:
-        assert random_p is not None
         chosen_p = random_p.reshape(-1).index_select(0, flat_index)
 
     x0 = torch.full((batch * width,), options.mask_id, dtype=torch.long, device=masked.device)
