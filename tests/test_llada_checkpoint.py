@@ -24,6 +24,7 @@ from dllm_bench.models.llada_checkpoint import (
 )
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_FIXED_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+from dllm_bench.models.random_init import write_llada_folder
 from tests.published_llada import PUBLISHED_8B_CONFIG, TINY_SHAPE, published_layout
 
 # A checkpoint's own code: importing it would fail the test.
@@ -83,6 +84,13 @@ def test_published_layout_loads_into_the_suites_model(
     # The published keys the model does not read are kept on the config.
     assert model.config.init_fn == "mitchell"
     assert model.config.precision == "amp_bf16"
+
+
+def test_a_folder_written_by_the_suite_loads_too(tmp_path: Path) -> None:
+    folder = write_llada_folder(tmp_path / "random", TINY_SHAPE, seed=0, dtype=torch.bfloat16)
+    model = load_llada_checkpoint(folder, dtype=torch.bfloat16)
+    written = load_file(folder / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in written.items())
 
 
 def test_a_revision_of_a_local_folder_is_accepted(checkpoint: tuple[Path, LLaDAModelLM]) -> None:

@@ -619,26 +619,24 @@ class _Forwards:
 
     def block_logits(
         self, x: torch.Tensor, start: int, end: int, prompt_len: int, needed: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward for the block [start, end): logits (B', S, V) and, per block position, its index in S.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward for the block [start, end): the logits (B', S, V) and which block positions they hold.
 
-        ``needed`` lists the block positions (0-based, increasing) whose logits
-        are used; with a cache the LM head runs on those only.
+        ``needed`` lists the block positions (0-based, increasing) whose logits are used.
+        With a cache the LM head runs on those only, and they are returned as the second
+        value; without one the logits cover the whole canvas (None).
         """
         if self.cache == "none":
-            index = torch.arange(start, end, device=x.device)
-            return self._run(self._full_input(x, prompt_len)).logits, index
-        index = torch.full((end - start,), -1, dtype=torch.long, device=x.device)
-        index[needed] = torch.arange(needed.numel(), device=x.device)
+            return self._run(self._full_input(x, prompt_len)).logits, None
         if self.kv is None:
             out = self._run(self._full_input(x, prompt_len), use_cache=True, logits_to_keep=needed + start)
             self.kv = out.past_key_values
-            return out.logits, index
+            return out.logits, needed
         inputs = x[:, start:] if self.cache == "prefix" else x[:, start:end]
         if self.options.use_cfg:
             inputs = torch.cat([inputs, inputs], dim=0)  # after the prompt both branches see the same tokens
         out = self._run(inputs, past_key_values=self.kv, replace_position=start, logits_to_keep=needed)
-        return out.logits, index
+        return out.logits, needed
 
     def _full_input(self, x: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """The canvas; with cfg, followed by the unconditional canvas (prompt replaced by masks)."""
@@ -683,24 +681,35 @@ def _generate_blockwise(
             elif not bool(masked.any()):
                 break
             needed = masked.any(dim=0).nonzero().squeeze(1)
-            logits, index = forwards.block_logits(x, start, start + width, prompt_len, needed)
-            x0, confidence = _predict(logits, index, masked, options)
+            logits, kept = forwards.block_logits(x, start, start + width, prompt_len, needed)
+            x0, confidence = _predict(logits, start if kept is None else kept, masked, options)
             transfer = rule.select(confidence, masked, step)
             block_x.copy_(torch.where(transfer, x0, block_x))
             step += 1
     return x
 
 
-def _block_rows(logits: torch.Tensor, rows: torch.Tensor, half: int, cfg_scale: float) -> torch.Tensor:
-    """The rows ``rows`` of ``logits`` flattened to (N, V), combined with their unconditional rows under cfg.
+def _block_rows(
+    logits: torch.Tensor, held: int | torch.Tensor, flat_index: torch.Tensor, batch: int, width: int, cfg_scale: float
+) -> torch.Tensor:
+    """The logits rows (N, V) of the masked block positions ``flat_index`` (b * width + w), under
+    cfg combined with their unconditional rows.
 
-    A view of the model's output when every row is used (its mask-id column may then be
-    overwritten), else a copy.
+    ``logits`` is (B', S, V); ``held`` is the canvas offset of the block when the S rows span
+    the canvas, else the (increasing) block positions the S rows hold. A view of the model's
+    output when every row is used (its mask-id column may then be overwritten), else a copy.
     """
-    flat = logits.reshape(-1, logits.shape[-1])
-    if rows.numel() != half:
+    span = logits.shape[1]
+    half = batch * span
+    if flat_index.numel() != half:
+        blocks, positions = flat_index // width, flat_index % width
+        if isinstance(held, int):
+            rows = blocks * span + held + positions
+        else:
+            rows = blocks * span + torch.searchsorted(held, positions)
         return _gathered_logits(logits, rows, half, cfg_scale)
-    # rows is increasing, so using every row of the (conditional) half means rows == arange(half).
+    # Masked positions are increasing and distinct, so using every row means all rows in order.
+    flat = logits.reshape(-1, logits.shape[-1])
     cond = flat[:half]
     if cfg_scale <= 0:
         return cond
@@ -709,15 +718,15 @@ def _block_rows(logits: torch.Tensor, rows: torch.Tensor, half: int, cfg_scale: 
 
 
 def _predict(
-    logits: torch.Tensor, index: torch.Tensor, masked: torch.Tensor, options: _Options
+    logits: torch.Tensor, held: int | torch.Tensor, masked: torch.Tensor, options: _Options
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, W) predictions and confidences of the block's masked positions (-inf confidence elsewhere).
 
-    ``logits`` is (B', S, V); block position w is at ``index[w]`` of dimension 1.
-    With cfg B' = 2B and the unconditional half follows the conditional one.
+    ``logits`` is (B', S, V), see :func:`_block_rows` for ``held``. With cfg B' = 2B and the
+    unconditional half follows the conditional one.
     """
     batch, width = masked.shape
-    span, vocab = logits.shape[1], logits.shape[-1]
+    vocab = logits.shape[-1]
     # Random draws first, in a fixed order and shape, whatever is masked.
     noise = None
     if options.temperature > 0:
@@ -725,8 +734,7 @@ def _predict(
     random_p = None if options.low_confidence else torch.rand((batch, width), device=masked.device)
 
     flat_index = masked.reshape(-1).nonzero().squeeze(1)  # b * W + w of every masked position
-    rows = flat_index // width * span + index[flat_index % width]
-    chosen = _block_rows(logits, rows, batch * span, options.cfg_scale)
+    chosen = _block_rows(logits, held, flat_index, batch, width, options.cfg_scale)
     if random_p is None:
         # Float32 softmax probability of the prediction, as softmax computes it: exp(l - max) / sum exp(l - max).
         as_float = chosen.float()
