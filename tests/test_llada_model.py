@@ -16,8 +16,8 @@ import transformers
 from safetensors.torch import load_file
 
 from dllm_bench.models import random_init
-from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
-from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+from dllm_bench.models.llada_hf.configuration_llada import LLADA_FIXED_KEYS, LLaDAConfig
+from dllm_bench.models.llada_hf.modeling_llada import LLaDAKVCache, LLaDAModelLM, UnsupportedConfigError
 from dllm_bench.models.random_init import folder_key, write_llada_folder, write_llama_folder
 
 TINY: dict[str, Any] = {
@@ -151,6 +151,10 @@ def test_folder_has_weights_config_and_remote_code(tiny_folder: Path) -> None:
     for key, value in TINY.items():
         assert config[key] == value, key
     assert config["n_kv_heads"] == TINY["n_heads"]
+    # Every published key the model does not implement is written with its only accepted value.
+    for key, value in LLADA_FIXED_KEYS.items():
+        assert config[key] == value, key
+    assert config["bias_for_layer_norm"] is False
     # No temporary directory left beside the folder.
     assert sorted(os.listdir(tiny_folder.parent)) == ["llada_tiny"]
 
@@ -345,14 +349,185 @@ def test_hidden_states_and_return_dict(tiny_model: Any) -> None:
     torch.testing.assert_close(as_tuple[0], out.logits)
 
 
-def test_kv_cache_is_refused(tiny_model: Any) -> None:
-    ids = _tokens(8, 1, 4)
-    with pytest.raises(ValueError, match="KV cache"):
-        tiny_model(ids, use_cache=True)
-    with pytest.raises(ValueError, match="KV cache"):
-        tiny_model(ids, past_key_values=object())
+# --------------------------------------------------------------------------- KV cache
+
+
+def _naive_row(
+    state: dict[str, torch.Tensor],
+    cfg: LLaDAConfig,
+    ids: torch.Tensor,
+    keep: torch.Tensor,
+    fed: tuple[int, int] | None = None,
+    stale: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Naive float64 forward of one row ``ids`` (L,), written from the cache semantics.
+
+    Without ``stale``: every position; returns the logits (L, V) and each layer's
+    keys (after rotary embedding) and values, (L, n_kv_heads * head_dim). With
+    ``stale`` (such keys/values of an earlier canvas): only the positions
+    ``fed = (lo, hi)`` are computed, their keys/values replace the stale ones,
+    and they attend to all L positions; returns their logits (hi - lo, V).
+    """
+    d, nh, nkv = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+    hd = d // nh
+    w = {k: v.double() for k, v in state.items()}
+    p = "model.transformer."
+    lo, hi = fed if fed is not None else (0, ids.shape[0])
+    positions = torch.arange(lo, hi, dtype=torch.float64)[:, None]
+    freq = cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    angle = positions * freq
+
+    def rms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return weight * x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps)
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # x: (n, hd), rotation of the pairs (j, j + hd / 2)
+        z = torch.complex(x[:, : hd // 2], x[:, hd // 2 :]) * torch.polar(torch.ones_like(angle), angle)
+        return torch.cat([z.real, z.imag], dim=-1)
+
+    x = w[p + "wte.weight"][ids[lo:hi]]
+    layers = []
+    for i in range(cfg.n_layers):
+        q_ = f"{p}blocks.{i}."
+        h = rms(x, w[q_ + "attn_norm.weight"])
+        q, k, v = h @ w[q_ + "q_proj.weight"].T, h @ w[q_ + "k_proj.weight"].T, h @ w[q_ + "v_proj.weight"].T
+        k = torch.cat([rope(k[:, j * hd : (j + 1) * hd]) for j in range(nkv)], dim=-1)
+        if stale is not None:
+            all_k, all_v = stale[i][0].clone(), stale[i][1].clone()
+            all_k[lo:hi], all_v[lo:hi] = k, v
+            k, v = all_k, all_v
+        layers.append((k, v))
+        heads = []
+        for j in range(nh):
+            kv = j // (nh // nkv)
+            scores = rope(q[:, j * hd : (j + 1) * hd]) @ k[:, kv * hd : (kv + 1) * hd].T / hd**0.5
+            scores = scores.masked_fill(~keep[None, :], float("-inf"))
+            heads.append(torch.softmax(scores, dim=-1) @ v[:, kv * hd : (kv + 1) * hd])
+        x = x + torch.cat(heads, dim=-1) @ w[q_ + "attn_out.weight"].T
+        h = rms(x, w[q_ + "ff_norm.weight"])
+        x = x + (torch.nn.functional.silu(h @ w[q_ + "ff_proj.weight"].T) * (h @ w[q_ + "up_proj.weight"].T)) @ w[
+            q_ + "ff_out.weight"
+        ].T
+    x = rms(x, w[p + "ln_f.weight"])
+    return x @ w[p + "ff_out.weight"].T, layers
+
+
+@pytest.fixture(scope="module")
+def gqa_model() -> LLaDAModelLM:
+    torch.manual_seed(3)
+    model = LLaDAModelLM(LLaDAConfig(**{**TINY, "n_kv_heads": 2, "rope_theta": 10000.0})).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "ln_f" in name:
+                param.add_(0.5 * torch.randn_like(param))
+    return model
+
+
+def _padded_batch(seed: int, length: int = 14) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = _tokens(seed, 2, length)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    return ids, mask
+
+
+def test_full_forward_returns_every_layers_keys_and_values(gqa_model: LLaDAModelLM) -> None:
+    ids, mask = _padded_batch(20)
+    with torch.no_grad():
+        out = gqa_model(ids, attention_mask=mask, use_cache=True)
+        plain = gqa_model(ids, attention_mask=mask).logits
+    cache = out.past_key_values
+    assert isinstance(cache, LLaDAKVCache)
+    assert len(cache) == TINY["n_layers"] and cache.length == 14 and cache.batch_size == 2
+    for i in range(TINY["n_layers"]):
+        keys, values = cache.layer(i)
+        assert keys.shape == values.shape == (2, 2, 14, 16)
+    # Asking for the cache does not change the logits; without it none is returned.
+    assert torch.equal(out.logits, plain)
+    assert gqa_model(ids, attention_mask=mask).past_key_values is None
+    # The keys/values are the naive ones (keys after the rotary embedding of their position).
+    _, layers = _naive_row(gqa_model.state_dict(), gqa_model.config, ids[0], mask[0].bool())
+    for i, (k, v) in enumerate(layers):
+        torch.testing.assert_close(cache.keys[i][0].transpose(0, 1).reshape(14, -1).double(), k, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache.values[i][0].transpose(0, 1).reshape(14, -1).double(), v, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_forward_on_an_unchanged_canvas_equals_the_full_forward(gqa_model: LLaDAModelLM, mode: str) -> None:
+    ids, mask = _padded_batch(21)
+    lo, hi = 5, 9
+    with torch.no_grad():
+        full = gqa_model(ids, attention_mask=mask, use_cache=True)
+        fed = ids[:, lo:] if mode == "prefix" else ids[:, lo:hi]
+        cached = gqa_model(fed, attention_mask=mask, past_key_values=full.past_key_values, replace_position=lo)
+    torch.testing.assert_close(cached.logits[:, : hi - lo], full.logits[:, lo:hi], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_forward_uses_the_stale_cache_outside_the_fed_positions(gqa_model: LLaDAModelLM, mode: str) -> None:
+    # Fast-dLLM semantics: after the canvas changed, a cached forward recomputes the fed positions
+    # (and replaces their cache entries) but takes every other position's keys/values from the cache.
+    ids, mask = _padded_batch(22)
+    lo, hi = 6, 10
+    changed = ids.clone()
+    changed[:, lo:hi] = _tokens(23, 2, hi - lo)
+    if mode == "prefix":
+        changed[:, hi:] = _tokens(24, 2, ids.shape[1] - hi)  # the suffix is fed too
+    with torch.no_grad():
+        full = gqa_model(ids, attention_mask=mask, use_cache=True)
+        cache = full.past_key_values
+        fed_end = ids.shape[1] if mode == "prefix" else hi
+        out = gqa_model(changed[:, lo:fed_end], attention_mask=mask, past_key_values=cache, replace_position=lo,
+                        use_cache=True)
+        fresh = gqa_model(changed, attention_mask=mask).logits
+    assert out.past_key_values is cache  # updated in place
+    state, cfg = gqa_model.state_dict(), gqa_model.config
+    for row in range(2):
+        keep = mask[row].bool()
+        _, stale = _naive_row(state, cfg, ids[row], keep)
+        expected, layers = _naive_row(state, cfg, changed[row], keep, fed=(lo, fed_end), stale=stale)
+        torch.testing.assert_close(out.logits[row].double(), expected, atol=1e-5, rtol=0)
+        for i, (k, _) in enumerate(layers):
+            torch.testing.assert_close(cache.keys[i][row].transpose(0, 1).reshape(ids.shape[1], -1).double(), k,
+                                       atol=1e-5, rtol=0)
+    # The stale prefix makes a difference: the cached logits are not those of a fresh full forward.
+    assert not torch.allclose(out.logits[:, : hi - lo], fresh[:, lo:hi], atol=1e-4)
+
+
+def test_logits_to_keep(gqa_model: LLaDAModelLM) -> None:
+    ids, mask = _padded_batch(25)
+    with torch.no_grad():
+        full = gqa_model(ids, attention_mask=mask).logits
+        for kept, rows in [
+            (0, list(range(14))),
+            (3, [11, 12, 13]),
+            (slice(4, 7), [4, 5, 6]),
+            (torch.tensor([9, 2, 5]), [9, 2, 5]),
+        ]:
+            got = gqa_model(ids, attention_mask=mask, logits_to_keep=kept).logits
+            torch.testing.assert_close(got, full[:, rows], atol=1e-6, rtol=0)
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            gqa_model(ids, logits_to_keep=-1)
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            gqa_model(ids, logits_to_keep=torch.tensor([0.5]))
+
+
+def test_cache_arguments_are_checked(tiny_model: Any) -> None:
+    ids = _tokens(8, 1, 6)
+    with torch.no_grad():
+        cache = tiny_model(ids, use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="replace_position needs past_key_values"):
+            tiny_model(ids, replace_position=0)
+        with pytest.raises(ValueError, match="replace_position"):
+            tiny_model(ids[:, 2:], past_key_values=cache)
+        with pytest.raises(ValueError, match=r"positions \[4, 8\) .* outside the cache's 6 positions"):
+            tiny_model(ids[:, :4], past_key_values=cache, replace_position=4)
+        with pytest.raises(ValueError, match="batch"):
+            tiny_model(ids.repeat(2, 1)[:, :2], past_key_values=cache, replace_position=0)
+        with pytest.raises(TypeError, match="LLaDAKVCache"):
+            tiny_model(ids, past_key_values=((torch.zeros(1),),), replace_position=0)
+        with pytest.raises(ValueError, match="attention_mask must have shape"):
+            tiny_model(ids[:, 2:4], attention_mask=torch.ones(1, 2), past_key_values=cache, replace_position=2)
     with pytest.raises(TypeError, match="position_ids"):
-        tiny_model(ids, position_ids=torch.arange(4)[None])
+        tiny_model(ids, position_ids=torch.arange(6)[None])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -422,6 +597,39 @@ def test_unsupported_configs_are_refused() -> None:
         LLaDAModelLM(LLaDAConfig(**{**TINY, "n_kv_heads": 3}))
     with pytest.raises(NotImplementedError, match="block_type"):
         LLaDAModelLM(LLaDAConfig(**{**TINY, "block_type": "sequential"}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("include_qkv_bias", True),
+        ("attention_layer_norm", True),
+        ("bias_for_layer_norm", True),
+        ("layer_norm_with_affine", False),
+        ("input_emb_norm", True),
+        ("scale_logits", True),
+        ("multi_query_attention", False),
+        ("rope_full_precision", False),
+        ("alibi", True),
+        ("block_group_size", 4),
+    ],
+)
+def test_each_unimplemented_key_is_refused_by_name(key: str, value: object) -> None:
+    with pytest.raises(UnsupportedConfigError) as excinfo:
+        LLaDAModelLM(LLaDAConfig(**{**TINY, key: value}))
+    assert f"{key}=" in str(excinfo.value)
+    assert isinstance(excinfo.value, ValueError) and isinstance(excinfo.value, NotImplementedError)
+
+
+def test_every_problem_of_a_config_is_named() -> None:
+    with pytest.raises(UnsupportedConfigError) as excinfo:
+        LLaDAModelLM(LLaDAConfig(**{**TINY, "scale_logits": True, "include_qkv_bias": True, "n_kv_heads": 3}))
+    for key in ("scale_logits", "include_qkv_bias", "n_kv_heads"):
+        assert key in str(excinfo.value)
+    # include_qkv_bias null is the hub code's "no bias"; bias_for_layer_norm null follows include_bias.
+    LLaDAModelLM(LLaDAConfig(**{**TINY, "include_qkv_bias": None, "bias_for_layer_norm": None}))
+    with pytest.raises(UnsupportedConfigError, match="bias_for_layer_norm=true"):
+        LLaDAModelLM(LLaDAConfig(**{**TINY, "include_bias": True, "bias_for_layer_norm": None}))
 
 
 # --------------------------------------------------------------------------- writers

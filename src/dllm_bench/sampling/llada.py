@@ -1,97 +1,265 @@
-"""LLaDA masked-diffusion sampler (semi-autoregressive, block-wise remasking).
+"""LLaDA masked-diffusion sampler (semi-autoregressive, block-wise remasking), with Fast-dLLM acceleration.
 
 The algorithm follows ML-GSAI/LLaDA ``generate.py``: the prompt is followed by
 ``gen_length`` mask tokens, the generated part is split into blocks of
 ``block_length`` tokens that are filled left to right, and within a block each
-of ``steps // num_blocks`` steps runs the model once, predicts a token for
-every masked position and commits the predictions with the highest
-confidence.  How many are committed per step is the block's masked count split
-evenly over the block's steps, the first steps taking the remainder.
+step runs the model once, predicts a token for every masked position and
+commits some of the predictions. Two knobs from Fast-dLLM v1 (Wu et al. 2025,
+arXiv 2505.22618) accelerate it:
 
-:func:`generate` is token-identical to the plain algorithm (kept as the slow
-oracle in :mod:`dllm_bench.sampling.reference`) but skips the work the result
-does not depend on:
+* ``cache``: ``"none"`` runs every step over the whole canvas. ``"prefix"``
+  and ``"dual"`` run one full forward at the first step of a block, which
+  returns every layer's keys and values (the KV cache) and also decides that
+  step's commits. The later steps of the block feed ``x[:, block_start:]``
+  (prefix: the positions before the block come from the cache) or only the
+  block (dual: the positions after it come from the cache as well; the
+  block's own entries are replaced at every step).
+* What a step commits: the fixed schedule (``steps``: the block's masked count
+  split evenly over ``steps / num_blocks`` steps, the first steps taking the
+  remainder), or a confidence rule: ``threshold`` tau commits every masked
+  position of the block whose confidence is >= tau, and always at least the
+  most confident one; ``factor`` f commits the longest run of ranks n = 1, 2,
+  ... (confidences sorted descending) with (n + 1) * (1 - c_n) < f, the first
+  always.
 
-* Only masked positions of the current block can be committed: nothing after
-  the block is a candidate and everything before it is already decoded.  So
-  the vocabulary-sized work (cfg combination, Gumbel noise arithmetic, argmax,
+Rules that hold in every mode:
+
+* The mask id is never committed: it is excluded from the predictions (its
+  logit is skipped by the argmax; confidences are the unchanged softmax).
+* No forward is made that cannot commit anything. A fixed schedule with more
+  steps per block than the block has positions has steps that commit nothing:
+  they are skipped (``cache="none"`` still draws their random numbers, so the
+  random stream stays the reference's). With a confidence rule a block ends
+  as soon as every row has committed all of it.
+* With batch > 1 every forward runs all rows; a row whose block is complete
+  commits nothing while the others go on. The number of forwards (NFE) is the
+  number of model calls, each over the whole batch (cfg doubles the batch of a
+  call, not the count).
+
+Exact mode (``cache="none"``, fixed schedule) is token-identical to the plain
+algorithm (the slow oracle :mod:`dllm_bench.sampling.reference`) but skips the
+work the result does not depend on:
+
+* Only masked positions of the current block can be committed, so the
+  vocabulary-sized work (cfg combination, Gumbel noise arithmetic, argmax,
   softmax) runs only on the logits rows of the block's still-masked positions,
-  gathered with one ``index_select``; the rest (confidences, top-k) runs on
-  the (B, block_length) window.  If the prompt itself contains ``mask_id``,
-  those positions stay candidates, and the window then starts at position 0.
-* Every block starts fully masked (no step can commit past the current
-  block's end), so the per-step commit counts, and the number of masked
-  positions left in the block, are the same for every row and known on the
-  host before the loop: no per-row counts, no host sync to learn them, and
-  one batched ``torch.topk`` per step.
-* Softmax rows are computed with ``F.softmax`` row by row exactly as on the
-  full tensor, so the confidences are bit-identical; ``torch.max(..).indices``
-  replaces ``argmax`` (both return the first maximal index; max is faster).
-* The per-row top-k of the plain algorithm is only ambiguous when the k-th and
-  (k+1)-th largest confidences of a row are equal.  The batched top-k takes one
-  extra element to detect that case, and only such rows are redone with the
-  exact per-row call of the plain algorithm (same values, same length, same
-  ``k``), so the chosen set is the same even under ties (frequent with bf16
-  probabilities).  That check is the only host sync per step.
+  gathered with one ``index_select``. If the prompt itself contains
+  ``mask_id``, those positions stay candidates and the window starts at 0.
+* Every block starts fully masked, so the per-step commit counts are the same
+  for every row and known before the loop: one batched ``torch.topk`` per
+  step. The top-k is only ambiguous when the k-th and (k+1)-th confidences of
+  a row are equal; such rows are redone with the plain per-row call, so the
+  chosen set is the same even under ties.
+* The random draws keep the plain algorithm's order and shapes (full
+  ``(B, L, V)`` float64 Gumbel noise, then ``(B, L)`` remasking noise).
 
-To keep the random streams identical to the plain algorithm, the Gumbel noise
-is still drawn with the full ``(B, L, V)`` float64 shape, and for ``"random"``
-remasking the confidences are drawn with the full ``(B, L)`` shape after the
-noise; only the arithmetic on them is restricted to the block.
+The accelerated modes (a cache, or a confidence rule) draw, per forward,
+``(B, block_length, V)`` float64 uniforms for the Gumbel noise when
+``temperature > 0`` and then ``(B, block_length)`` uniforms for ``random``
+remasking; confidences are float32 softmax probabilities; ties between equal
+confidences go to the lower position. They need a prompt without the mask id.
+With a cache the LM head runs only on the block's positions
+(``logits_to_keep``); ``cache="none"`` computes the logits of the whole canvas,
+as the exact mode always did.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CACHE_MODES",
+    "LLADA_DEFAULTS",
     "REMASKING_STRATEGIES",
+    "DecodingError",
+    "LladaDecodingDefaults",
+    "forward_pass_bounds",
     "generate",
     "num_forward_passes",
     "transfer_schedule",
+    "validate_decoding",
     "validate_schedule",
 ]
 
 REMASKING_STRATEGIES: tuple[str, ...] = ("low_confidence", "random")
+CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
+
+
+@dataclass(frozen=True)
+class LladaDecodingDefaults:
+    """The defaults of the LLaDA decoding options (``steps`` and ``block_length`` have none)."""
+
+    remasking: str = "low_confidence"
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    cache: str = "none"
+    threshold: float | None = None
+    factor: float | None = None
+
+
+#: The one place the LLaDA decoding defaults are written down.
+LLADA_DEFAULTS = LladaDecodingDefaults()
 
 _NEG_INF = float("-inf")
 
+OnForward = Callable[[], None] | None
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
+
+class DecodingError(ValueError):
+    """Invalid decoding options; ``problems`` holds one message per offending parameter."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems: tuple[str, ...] = tuple(problems)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float if it is a finite real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _positive_int_problem(name: str, value: object) -> str | None:
+    if not _is_int(value):
+        return f"{name} must be a positive integer, got {value!r}"
+    assert isinstance(value, int)
+    return None if value > 0 else f"{name} must be a positive integer, got {value}"
+
+
+def _schedule_problems(steps: object, gen_length: object, block_length: object, dynamic: bool) -> list[str]:
+    """The step/block schedule rule (the only copy of it)."""
+    problems: list[str] = []
+    if dynamic and steps is None:
+        steps_problem = None  # steps do not matter with threshold or factor
+    elif steps is None:
+        steps_problem = "steps must be a positive integer, got None (it may be omitted only with threshold or factor)"
+    else:
+        steps_problem = _positive_int_problem("steps", steps)
+    sizes = [_positive_int_problem("gen_length", gen_length), _positive_int_problem("block_length", block_length)]
+    problems.extend(p for p in (steps_problem, *sizes) if p is not None)
+    if any(sizes):
+        return problems
+    assert isinstance(gen_length, int) and isinstance(block_length, int)
+    if gen_length % block_length != 0:
+        problems.append(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+        return problems
+    num_blocks = gen_length // block_length
+    if not dynamic and steps_problem is None and isinstance(steps, int) and steps % num_blocks != 0:
+        problems.append(
+            f"steps ({steps}) must be a multiple of the number of blocks gen_length/block_length = {num_blocks}"
+        )
+    return problems
+
+
+def _rule_problems(threshold: object, factor: object) -> list[str]:
+    problems = []
+    if threshold is not None and factor is not None:
+        problems.append(
+            f"threshold and factor exclude each other: set one of them (got threshold={threshold!r}, factor={factor!r})"
+        )
+    tau = _finite(threshold)
+    if threshold is not None and (tau is None or not 0 < tau <= 1):
+        problems.append(f"threshold must be null or a number in (0, 1], got {threshold!r}")
+    f = _finite(factor)
+    if factor is not None and (f is None or f <= 0):
+        problems.append(f"factor must be null or a finite number > 0, got {factor!r}")
+    return problems
+
+
+def _option_problems(cache: object, cfg_scale: object, temperature: object, remasking: object) -> list[str]:
+    problems = []
+    if cache not in CACHE_MODES:
+        problems.append(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
+    if remasking not in REMASKING_STRATEGIES:
+        problems.append(
+            f"unknown remasking {remasking!r}; expected one of " + ", ".join(repr(r) for r in REMASKING_STRATEGIES)
+        )
+    for name, value in (("temperature", temperature), ("cfg_scale", cfg_scale)):
+        number = _finite(value)
+        if number is None or number < 0:
+            problems.append(f"{name} must be a finite number >= 0, got {value!r}")
+    return problems
+
+
+def validate_decoding(
+    *,
+    steps: int | None,
+    gen_length: int,
+    block_length: int,
+    cache: str = LLADA_DEFAULTS.cache,
+    threshold: float | None = LLADA_DEFAULTS.threshold,
+    factor: float | None = LLADA_DEFAULTS.factor,
+    cfg_scale: float = LLADA_DEFAULTS.cfg_scale,
+    temperature: float = LLADA_DEFAULTS.temperature,
+    remasking: str = LLADA_DEFAULTS.remasking,
+) -> None:
+    """Raise :class:`DecodingError` (a ``ValueError``) listing every invalid option; return None if all are valid.
+
+    Valid means: ``gen_length`` and ``block_length`` are positive integers and
+    ``gen_length`` is a multiple of ``block_length``; without ``threshold`` and
+    ``factor``, ``steps`` is a positive integer and a multiple of the number of
+    blocks ``gen_length // block_length`` (with one of them, ``steps`` may be
+    None and is not used); ``threshold`` (tau in (0, 1]) and ``factor`` (> 0)
+    are not both set; ``cache`` is one of :data:`CACHE_MODES`; ``remasking`` one
+    of :data:`REMASKING_STRATEGIES`; ``temperature`` and ``cfg_scale`` are
+    finite and >= 0. cfg works with every cache mode (one cache per branch).
+    """
+    dynamic = threshold is not None or factor is not None
+    problems = _schedule_problems(steps, gen_length, block_length, dynamic)
+    problems += _rule_problems(threshold, factor)
+    problems += _option_problems(cache, cfg_scale, temperature, remasking)
+    if problems:
+        raise DecodingError(problems)
 
 
 def validate_schedule(*, steps: int, gen_length: int, block_length: int) -> None:
-    """Raise ``ValueError`` naming the problem if the step/block schedule is invalid.
+    """The fixed-step schedule check alone: :func:`validate_decoding` with the other options at their defaults."""
+    validate_decoding(steps=steps, gen_length=gen_length, block_length=block_length)
 
-    Valid means: all three are positive integers, ``gen_length`` is a multiple
-    of ``block_length`` and ``steps`` is a multiple of the number of blocks
-    ``gen_length // block_length``.
+
+def forward_pass_bounds(
+    *,
+    steps: int | None,
+    gen_length: int,
+    block_length: int,
+    threshold: float | None = None,
+    factor: float | None = None,
+) -> tuple[int, int]:
+    """Fewest and most model forwards one :func:`generate` call can make (cfg or not, any batch).
+
+    Fixed schedule: exactly ``num_blocks * min(steps_per_block, block_length)``
+    (steps that commit nothing are skipped). With ``threshold`` or ``factor``:
+    at least one per block and at most one per generated position.
     """
-    _check_positive_int("steps", steps)
-    _check_positive_int("gen_length", gen_length)
-    _check_positive_int("block_length", block_length)
-    if gen_length % block_length != 0:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    validate_decoding(
+        steps=steps, gen_length=gen_length, block_length=block_length, threshold=threshold, factor=factor
+    )
     num_blocks = gen_length // block_length
-    if steps % num_blocks != 0:
-        raise ValueError(
-            f"steps ({steps}) must be a multiple of the number of blocks gen_length/block_length = {num_blocks}"
-        )
+    if threshold is not None or factor is not None:
+        return num_blocks, gen_length
+    assert steps is not None
+    exact = num_blocks * min(steps // num_blocks, block_length)
+    return exact, exact
 
 
 def num_forward_passes(*, steps: int, gen_length: int, block_length: int) -> int:
-    """Model forward passes made by :func:`generate` (one per step, with or without cfg)."""
-    validate_schedule(steps=steps, gen_length=gen_length, block_length=block_length)
-    return steps
+    """Model forwards of one fixed-schedule :func:`generate` call (one per step that commits something)."""
+    low, _ = forward_pass_bounds(steps=steps, gen_length=gen_length, block_length=block_length)
+    return low
 
 
 def transfer_schedule(masked: int, steps: int) -> list[int]:
@@ -104,21 +272,7 @@ def transfer_schedule(masked: int, steps: int) -> list[int]:
     return [base + 1 if i < remainder else base for i in range(steps)]
 
 
-def _validate_inputs(
-    prompt: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    temperature: float,
-    cfg_scale: float,
-    remasking: str,
-) -> None:
-    if remasking not in REMASKING_STRATEGIES:
-        raise ValueError(
-            f"unknown remasking {remasking!r}; expected one of " + ", ".join(repr(r) for r in REMASKING_STRATEGIES)
-        )
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not math.isfinite(cfg_scale) or cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")
+def _validate_inputs(prompt: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
     if prompt.dim() != 2:
         raise ValueError(f"prompt must have shape (batch, prompt_len), got {tuple(prompt.shape)}")
     if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
@@ -127,6 +281,142 @@ def _validate_inputs(
         raise ValueError(
             f"attention_mask shape {tuple(attention_mask.shape)} must equal prompt shape {tuple(prompt.shape)}"
         )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    steps: int | None,
+    gen_length: int,
+    block_length: int,
+    temperature: float = LLADA_DEFAULTS.temperature,
+    cfg_scale: float = LLADA_DEFAULTS.cfg_scale,
+    remasking: str = LLADA_DEFAULTS.remasking,
+    mask_id: int,
+    cache: str = LLADA_DEFAULTS.cache,
+    threshold: float | None = LLADA_DEFAULTS.threshold,
+    factor: float | None = LLADA_DEFAULTS.factor,
+    on_forward: OnForward = None,
+) -> torch.Tensor:
+    """Sample ``gen_length`` tokens after ``prompt`` with LLaDA's block-wise remasking.
+
+    Args:
+        model: called as ``model(input_ids, attention_mask=mask, ...)``; must
+            return an object with ``.logits`` (batch, positions, vocab). With a
+            cache it must also take ``use_cache``, ``past_key_values``,
+            ``replace_position`` and ``logits_to_keep`` as
+            :class:`dllm_bench.models.llada_hf.modeling_llada.LLaDAModelLM` does.
+        prompt: (B, P) integer token ids (left padding allowed, with a mask).
+        attention_mask: optional (B, P) mask for the prompt; it is extended
+            with ones over the generated positions.
+        steps: total denoising steps of the fixed schedule, a multiple of the
+            number of blocks; may be None with ``threshold`` or ``factor``
+            (then it is not used).
+        gen_length: tokens to generate, a multiple of ``block_length``.
+        block_length: tokens per semi-autoregressive block.
+        temperature: 0 for greedy; otherwise Gumbel-max sampling in float64.
+        cfg_scale: classifier-free guidance scale; 0 disables it. With cfg
+            the conditional and unconditional (prompt masked out) inputs are
+            run as one doubled batch (with a cache: one cache per branch).
+        remasking: ``"low_confidence"`` (confidence = the prediction's
+            probability) or ``"random"`` (confidence = uniform noise).
+        mask_id: the mask token id.
+        cache: ``"none"``, ``"prefix"`` or ``"dual"`` (see the module docstring).
+        threshold: tau in (0, 1]: commit every masked position of the block
+            with confidence >= tau, at least the most confident one.
+        factor: f > 0: commit the longest run of ranks n with
+            (n + 1) * (1 - c_n) < f, at least the first.
+        on_forward: called once after every model forward pass.
+
+    Returns:
+        (B, P + gen_length) int64 canvas: the prompt followed by the generated
+        tokens; no mask token remains in the generated part.
+    """
+    validate_decoding(
+        steps=steps,
+        gen_length=gen_length,
+        block_length=block_length,
+        cache=cache,
+        threshold=threshold,
+        factor=factor,
+        cfg_scale=cfg_scale,
+        temperature=temperature,
+        remasking=remasking,
+    )
+    _validate_inputs(prompt, attention_mask)
+    options = _Options(
+        gen_length=gen_length,
+        block_length=block_length,
+        temperature=float(temperature),
+        cfg_scale=float(cfg_scale),
+        low_confidence=remasking == "low_confidence",
+        mask_id=mask_id,
+        on_forward=on_forward,
+    )
+    if cache == "none" and threshold is None and factor is None:
+        assert steps is not None
+        return _generate_exact(model, prompt, attention_mask, steps, options)
+    if prompt.numel() and bool((prompt == mask_id).any()):
+        raise ValueError(
+            f"the prompt contains the mask id {mask_id}: cache and threshold/factor decoding need a prompt "
+            "without mask tokens (and a pad id different from the mask id)"
+        )
+    rule = _CommitRule.make(steps, gen_length // block_length, block_length, threshold, factor)
+    return _generate_blockwise(model, prompt, attention_mask, options, rule, cache)
+
+
+@dataclass(frozen=True)
+class _Options:
+    gen_length: int
+    block_length: int
+    temperature: float
+    cfg_scale: float
+    low_confidence: bool
+    mask_id: int
+    on_forward: OnForward
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.cfg_scale > 0.0
+
+
+def _canvas(prompt: torch.Tensor, attention_mask: torch.Tensor | None, options: _Options) -> tuple[
+    torch.Tensor, torch.Tensor | None
+]:
+    """The (B, P + G) canvas (prompt, then masks) and the prompt's mask extended over the generated part."""
+    batch, prompt_len = prompt.shape
+    x = torch.full((batch, prompt_len + options.gen_length), options.mask_id, dtype=torch.long, device=prompt.device)
+    x[:, :prompt_len] = prompt
+    if attention_mask is None:
+        return x, None
+    ones = attention_mask.new_ones((batch, options.gen_length))
+    return x, torch.cat([attention_mask, ones], dim=1)
+
+
+def _exclude_mask_id(scores: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """``scores`` (N, V) with the mask id's column at -inf (in place), so that no argmax picks it."""
+    if 0 <= mask_id < scores.shape[-1]:
+        scores[:, mask_id] = _NEG_INF
+    return scores
+
+
+def _gumbel_argmax(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float, mask_id: int) -> torch.Tensor:
+    """Per row of ``logits`` (N, V): the argmax (no noise) or the Gumbel-max sample in float64, never the mask id.
+
+    Modifies ``logits`` in place when ``noise`` is None (the callers pass a copy).
+    """
+    scores = logits if noise is None else logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature
+    # torch.max returns the first maximal index, like argmax, and is faster.
+    return torch.max(_exclude_mask_id(scores, mask_id), dim=-1).indices
+
+
+# --------------------------------------------------------------------------- exact mode
 
 
 def _select_transfer(confidence: torch.Tensor, k: int, lo: int, hi: int, seq_len: int) -> torch.Tensor:
@@ -162,73 +452,31 @@ def _select_transfer(confidence: torch.Tensor, k: int, lo: int, hi: int, seq_len
     return transfer
 
 
-@torch.no_grad()
-def generate(
+def _generate_exact(
     model: torch.nn.Module,
     prompt: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
+    attention_mask: torch.Tensor | None,
     steps: int,
-    gen_length: int,
-    block_length: int,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
-    mask_id: int = 126336,
-    on_forward: Callable[[], None] | None = None,
+    options: _Options,
 ) -> torch.Tensor:
-    """Sample ``gen_length`` tokens after ``prompt`` with LLaDA's block-wise remasking.
-
-    Args:
-        model: called as ``model(input_ids, attention_mask=mask)``; must return
-            an object with ``.logits`` of shape (batch, seq_len, vocab).
-        prompt: (B, P) integer token ids (left padding allowed, with a mask).
-        attention_mask: optional (B, P) mask for the prompt; it is extended
-            with ones over the generated positions.
-        steps: total denoising steps, a multiple of the number of blocks.
-        gen_length: tokens to generate, a multiple of ``block_length``.
-        block_length: tokens per semi-autoregressive block.
-        temperature: 0 for greedy; otherwise Gumbel-max sampling in float64.
-        cfg_scale: classifier-free guidance scale; 0 disables it.  With cfg
-            the conditional and unconditional (prompt masked out) inputs are
-            run as one doubled batch.
-        remasking: ``"low_confidence"`` (commit the most probable predictions)
-            or ``"random"`` (commit random masked positions).
-        mask_id: the mask token id.
-        on_forward: called once after every model forward pass (one per step).
-
-    Returns:
-        (B, P + gen_length) int64 canvas: the prompt followed by the generated
-        tokens; no mask token remains in the generated part.
-    """
-    validate_schedule(steps=steps, gen_length=gen_length, block_length=block_length)
-    _validate_inputs(prompt, attention_mask, temperature, cfg_scale, remasking)
-
+    """Fixed schedule, no cache: token-identical to :func:`dllm_bench.sampling.reference.generate_reference`."""
     batch, prompt_len = prompt.shape
-    seq_len = prompt_len + gen_length
-    device = prompt.device
+    x, full_mask = _canvas(prompt, attention_mask, options)
+    seq_len = x.shape[1]
+    device = x.device
+    block_length, mask_id = options.block_length, options.mask_id
 
-    x = torch.full((batch, seq_len), mask_id, dtype=torch.long, device=device)
-    x[:, :prompt_len] = prompt
-
-    full_mask: torch.Tensor | None = None
-    if attention_mask is not None:
-        full_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, gen_length))], dim=1)
-
-    use_cfg = cfg_scale > 0.0
     prompt_index = x != mask_id
     cfg_mask = None if full_mask is None else torch.cat([full_mask, full_mask], dim=0)
     # Masked prompt positions stay candidates for every block (the plain
     # algorithm commits them too), so the window must then start at 0.
     prompt_has_mask = prompt_len > 0 and bool((x[:, :prompt_len] == mask_id).any())
 
-    num_blocks = gen_length // block_length
-    steps_per_block = steps // num_blocks
+    num_blocks = options.gen_length // block_length
     # Each block is fully masked when it starts, in every row.
-    counts = transfer_schedule(block_length, steps_per_block)
-    low_confidence = remasking == "low_confidence"
-
+    counts = transfer_schedule(block_length, steps // num_blocks)
     row_base = torch.arange(batch, device=device).unsqueeze(1) * seq_len  # (B, 1)
+    vocab = 0
 
     for block in range(num_blocks):
         hi = prompt_len + (block + 1) * block_length
@@ -238,26 +486,20 @@ def generate(
         remaining = block_length  # masked positions of the block, the same in every row
 
         for k in counts:
+            if k == 0:
+                # Nothing can be committed: no forward, but the plain algorithm's random draws.
+                _draw_reference_noise(options, (batch, seq_len, vocab), device)
+                continue
             out: torch.Tensor
-            if use_cfg:
+            if options.use_cfg:
                 un_x = x.masked_fill(prompt_index, mask_id)
                 out = model(torch.cat([x, un_x], dim=0), attention_mask=cfg_mask).logits
             else:
                 out = model(x, attention_mask=full_mask).logits
-            if on_forward is not None:
-                on_forward()
-
-            # Random draws in the plain algorithm's order and shapes.
-            noise: torch.Tensor | None = None
-            if temperature > 0:
-                # rand_like on the (combined) logits' layout, as the plain algorithm.
-                noise = torch.rand_like(out[:batch], dtype=torch.float64)
-            random_p: torch.Tensor | None = None
-            if not low_confidence:
-                random_p = torch.rand((batch, seq_len), device=device)
-
-            if k == 0:
-                continue  # nothing is committed at this step
+            if options.on_forward is not None:
+                options.on_forward()
+            vocab = out.shape[-1]
+            noise, random_p = _draw_reference_noise(options, (batch, seq_len, vocab), device)
 
             x_w = x[:, lo:hi]
             mask_w = x_w == mask_id
@@ -271,28 +513,15 @@ def generate(
                 positions = unmasked_last[:, :remaining]
             n_pos = positions.shape[1]
             rows = (row_base + lo + positions).reshape(-1)  # rows of the flattened (B*L, V)
+            logits = _gathered_logits(out, rows, batch * seq_len, options.cfg_scale)
 
-            vocab = out.shape[-1]
-            flat = out.reshape(-1, vocab)
-            if use_cfg:
-                cond = flat.index_select(0, rows)
-                uncond = flat.index_select(0, rows + batch * seq_len)
-                logits = uncond + (cfg_scale + 1) * (cond - uncond)
-            else:
-                logits = flat.index_select(0, rows)  # (B * n_pos, V)
-
-            # torch.max returns the first maximal index, like argmax, and is faster.
-            if noise is None:
-                x0 = torch.max(logits, dim=-1).indices
-            else:
-                noise_rows = noise.reshape(batch * seq_len, -1).index_select(0, rows)
-                noisy = logits.to(torch.float64).exp() / (-torch.log(noise_rows)) ** temperature
-                x0 = torch.max(noisy, dim=-1).indices
-
-            if random_p is None:
-                p = F.softmax(logits, dim=-1)
+            p = F.softmax(logits, dim=-1) if random_p is None else None
+            noise_rows = None if noise is None else noise.reshape(batch * seq_len, -1).index_select(0, rows)
+            x0 = _gumbel_argmax(logits, noise_rows, options.temperature, mask_id)
+            if p is not None:
                 x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).view(batch, n_pos)
             else:
+                assert random_p is not None
                 x0_p = random_p[:, lo:hi].gather(1, positions)
 
             x0_w = x_w.scatter(1, positions, x0.view(batch, n_pos))
@@ -304,3 +533,223 @@ def generate(
             remaining -= k
 
     return x
+
+
+def _draw_reference_noise(
+    options: _Options, shape: tuple[int, int, int], device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The plain algorithm's random draws of one step, in its order and shapes:
+    (B, L, V) float64 Gumbel uniforms, then (B, L) remasking uniforms."""
+    noise = torch.rand(shape, dtype=torch.float64, device=device) if options.temperature > 0 else None
+    random_p = None if options.low_confidence else torch.rand(shape[:2], device=device)
+    return noise, random_p
+
+
+def _gathered_logits(out: torch.Tensor, rows: torch.Tensor, half: int, cfg_scale: float) -> torch.Tensor:
+    """A copy of the logits rows ``rows`` of ``out`` flattened to (N, V); with cfg, the
+    guided combination of those rows of the conditional and unconditional halves."""
+    flat = out.reshape(-1, out.shape[-1])
+    cond = flat.index_select(0, rows)
+    if cfg_scale <= 0:
+        return cond
+    uncond = flat.index_select(0, rows + half)
+    return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+# --------------------------------------------------------------------------- accelerated modes
+
+
+@dataclass(frozen=True)
+class _CommitRule:
+    """What a step commits: the fixed per-step counts, or a confidence rule."""
+
+    counts: tuple[int, ...] | None
+    threshold: float | None
+    factor: float | None
+
+    @classmethod
+    def make(
+        cls, steps: int | None, num_blocks: int, block_length: int, threshold: float | None, factor: float | None
+    ) -> _CommitRule:
+        if threshold is not None or factor is not None:
+            return cls(None, None if threshold is None else float(threshold), None if factor is None else float(factor))
+        assert steps is not None
+        counts = tuple(k for k in transfer_schedule(block_length, steps // num_blocks) if k > 0)
+        return cls(counts, None, None)
+
+    def select(self, confidence: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+        """(B, W) bool: the masked positions to commit, from the (B, W) confidences (-inf where not masked)."""
+        if self.threshold is not None:
+            return _select_threshold(confidence, masked, self.threshold)
+        order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
+        if self.factor is not None:
+            ranked = _factor_run(confidence.gather(1, order), masked.gather(1, order), self.factor)
+        else:
+            assert self.counts is not None
+            ranked = torch.zeros_like(masked)
+            ranked[:, : self.counts[step]] = True
+        return torch.zeros_like(masked).scatter_(1, order, ranked) & masked
+
+
+def _select_threshold(confidence: torch.Tensor, masked: torch.Tensor, threshold: float) -> torch.Tensor:
+    chosen = masked & (confidence.to(torch.float64) >= threshold)
+    # Always the most confident masked position (the first one on ties) of every row that has one.
+    best = torch.max(confidence, dim=1).indices.unsqueeze(1)
+    return chosen | (torch.zeros_like(masked).scatter_(1, best, True) & masked)
+
+
+def _factor_run(sorted_confidence: torch.Tensor, sorted_masked: torch.Tensor, factor: float) -> torch.Tensor:
+    """(B, W) bool over the ranks: the longest run n = 1, 2, ... with (n + 1) * (1 - c_n) < factor, the first always."""
+    n = torch.arange(1, sorted_confidence.shape[1] + 1, device=sorted_confidence.device, dtype=torch.float64)
+    passes = (n + 1) * (1 - sorted_confidence.to(torch.float64)) < factor
+    passes[:, 0] = True
+    return (torch.cumprod(passes.to(torch.int8), dim=1) > 0) & sorted_masked
+
+
+class _Forwards:
+    """The model calls of one block: the full forward of its first step (which fills the
+    cache), then cached forwards (prefix: ``x[:, start:]``, dual: the block)."""
+
+    def __init__(self, model: torch.nn.Module, cache: str, model_mask: torch.Tensor | None, options: _Options) -> None:
+        self.model = model
+        self.cache = cache
+        self.model_mask = model_mask
+        self.options = options
+        self.kv: Any = None
+
+    def block_logits(
+        self, x: torch.Tensor, start: int, end: int, prompt_len: int, needed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward for the block [start, end): the logits (B', S, V) and which block positions they hold.
+
+        ``needed`` lists the block positions (0-based, increasing) whose logits are used.
+        With a cache the LM head runs on those only, and they are returned as the second
+        value; without one the logits cover the whole canvas (None).
+        """
+        if self.cache == "none":
+            return self._run(self._full_input(x, prompt_len)).logits, None
+        if self.kv is None:
+            out = self._run(self._full_input(x, prompt_len), use_cache=True, logits_to_keep=needed + start)
+            self.kv = out.past_key_values
+            return out.logits, needed
+        inputs = x[:, start:] if self.cache == "prefix" else x[:, start:end]
+        if self.options.use_cfg:
+            inputs = torch.cat([inputs, inputs], dim=0)  # after the prompt both branches see the same tokens
+        out = self._run(inputs, past_key_values=self.kv, replace_position=start, logits_to_keep=needed)
+        return out.logits, needed
+
+    def _full_input(self, x: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        """The canvas; with cfg, followed by the unconditional canvas (prompt replaced by masks)."""
+        if not self.options.use_cfg:
+            return x
+        un_x = x.clone()
+        un_x[:, :prompt_len] = self.options.mask_id
+        return torch.cat([x, un_x], dim=0)
+
+    def _run(self, inputs: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.model(inputs, attention_mask=self.model_mask, **kwargs)
+        if self.options.on_forward is not None:
+            self.options.on_forward()
+        return out
+
+
+def _generate_blockwise(
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    options: _Options,
+    rule: _CommitRule,
+    cache: str,
+) -> torch.Tensor:
+    """Cache modes and confidence rules; see the module docstring."""
+    prompt_len = prompt.shape[1]
+    x, full_mask = _canvas(prompt, attention_mask, options)
+    model_mask = full_mask
+    if options.use_cfg and full_mask is not None:
+        model_mask = torch.cat([full_mask, full_mask], dim=0)
+    width = options.block_length
+    for block in range(options.gen_length // width):
+        start = prompt_len + block * width
+        forwards = _Forwards(model, cache, model_mask, options)
+        step = 0
+        while True:
+            block_x = x[:, start : start + width]
+            masked = block_x == options.mask_id
+            if rule.counts is not None:
+                if step == len(rule.counts):
+                    break
+            elif not bool(masked.any()):
+                break
+            needed = masked.any(dim=0).nonzero().squeeze(1)
+            logits, kept = forwards.block_logits(x, start, start + width, prompt_len, needed)
+            x0, confidence = _predict(logits, start if kept is None else kept, masked, options)
+            transfer = rule.select(confidence, masked, step)
+            block_x.copy_(torch.where(transfer, x0, block_x))
+            step += 1
+    return x
+
+
+def _block_rows(
+    logits: torch.Tensor, held: int | torch.Tensor, flat_index: torch.Tensor, batch: int, width: int, cfg_scale: float
+) -> torch.Tensor:
+    """The logits rows (N, V) of the masked block positions ``flat_index`` (b * width + w), under
+    cfg combined with their unconditional rows.
+
+    ``logits`` is (B', S, V); ``held`` is the canvas offset of the block when the S rows span
+    the canvas, else the (increasing) block positions the S rows hold. A view of the model's
+    output when every row is used (its mask-id column may then be overwritten), else a copy.
+    """
+    span = logits.shape[1]
+    half = batch * span
+    if flat_index.numel() != half:
+        blocks, positions = flat_index // width, flat_index % width
+        if isinstance(held, int):
+            rows = blocks * span + held + positions
+        else:
+            rows = blocks * span + torch.searchsorted(held, positions)
+        return _gathered_logits(logits, rows, half, cfg_scale)
+    # Masked positions are increasing and distinct, so using every row means all rows in order.
+    flat = logits.reshape(-1, logits.shape[-1])
+    cond = flat[:half]
+    if cfg_scale <= 0:
+        return cond
+    uncond = flat[half:]
+    return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+def _predict(
+    logits: torch.Tensor, held: int | torch.Tensor, masked: torch.Tensor, options: _Options
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, W) predictions and confidences of the block's masked positions (-inf confidence elsewhere).
+
+    ``logits`` is (B', S, V), see :func:`_block_rows` for ``held``. With cfg B' = 2B and the
+    unconditional half follows the conditional one.
+    """
+    batch, width = masked.shape
+    vocab = logits.shape[-1]
+    # Random draws first, in a fixed order and shape, whatever is masked.
+    noise = None
+    if options.temperature > 0:
+        noise = torch.rand((batch, width, vocab), dtype=torch.float64, device=masked.device)
+    random_p = None if options.low_confidence else torch.rand((batch, width), device=masked.device)
+
+    flat_index = masked.reshape(-1).nonzero().squeeze(1)  # b * W + w of every masked position
+    chosen = _block_rows(logits, held, flat_index, batch, width, options.cfg_scale)
+    if random_p is None:
+        # Float32 softmax probability of the prediction, as softmax computes it: exp(l - max) / sum exp(l - max).
+        as_float = chosen.float()
+        exps = as_float - as_float.amax(dim=-1, keepdim=True)
+        exps.exp_()
+        normalizer = exps.sum(dim=-1)
+    noise_rows = None if noise is None else noise.view(batch * width, vocab).index_select(0, flat_index)
+    predicted = _gumbel_argmax(chosen, noise_rows, options.temperature, options.mask_id)
+    if random_p is None:
+        chosen_p = exps.gather(1, predicted.unsqueeze(1)).squeeze(1) / normalizer
+    else:
+        chosen_p = random_p.reshape(-1).index_select(0, flat_index)
+
+    x0 = torch.full((batch * width,), options.mask_id, dtype=torch.long, device=masked.device)
+    x0.index_copy_(0, flat_index, predicted)
+    confidence = torch.full((batch * width,), _NEG_INF, dtype=torch.float32, device=masked.device)
+    confidence.index_copy_(0, flat_index, chosen_p.to(torch.float32))
+    return x0.view(batch, width), confidence.view(batch, width)

@@ -15,7 +15,9 @@ the fast sampler can be checked token for token against something that is easy
 to read, and so that the benchmarks have a baseline.
 
 Unlike the original script it does not crash when ``cfg_scale > 0`` and no
-attention mask is given, and it has no EOS/EoT options.
+attention mask is given, it never predicts the mask id (the argmax skips its
+logit; the confidences are the unchanged softmax), and it has no EOS/EoT
+options.
 """
 
 from __future__ import annotations
@@ -115,7 +117,9 @@ def generate_reference(
             else:
                 logits = model(x, attention_mask=attention_mask).logits
 
-            logits_with_noise = _add_gumbel_noise(logits, temperature=temperature)
+            logits_with_noise = _add_gumbel_noise(logits, temperature=temperature).clone()
+            if 0 <= mask_id < logits_with_noise.shape[-1]:
+                logits_with_noise[..., mask_id] = float("-inf")  # never predict the mask id
             x0 = torch.argmax(logits_with_noise, dim=-1)  # (B, L)
 
             if remasking == "low_confidence":

@@ -6,9 +6,14 @@ This file is copied next to the weights of every LLaDA folder written by
 and ``transformers``, and must not use absolute imports of ``dllm_bench``.
 
 The keys and defaults follow the published ``GSAI-ML/LLaDA-8B-*`` ``config.json``
-(the 8B shape). Only the keys that this implementation honours are explicit
-arguments; any other key found in a checkpoint's ``config.json`` is kept as a
-plain attribute by ``PretrainedConfig``.
+(the 8B shape). The keys that this implementation honours are explicit
+arguments, and so are the keys of the published file that change the
+computation but are not implemented here (``include_qkv_bias``,
+``attention_layer_norm``, ...): they default to the published values, are
+written into every ``config.json``, and the model refuses any other value (see
+``modeling_llada._check_supported``). Any other key found in a checkpoint's
+``config.json`` (dropouts, ``init_*``, ``precision``, ...) is kept as a plain
+attribute by ``PretrainedConfig``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,23 @@ LLADA_CONFIG_KEYS: tuple[str, ...] = (
     "use_cache",
 )
 
+#: Keys of the published ``config.json`` that change the computation but that this
+#: implementation does not implement, with the only value it accepts (the published
+#: one). ``None`` for ``bias_for_layer_norm`` means "as ``include_bias``", as in the
+#: hub code, and is resolved when the config is built.
+LLADA_FIXED_KEYS: dict[str, object] = {
+    "alibi": False,
+    "attention_layer_norm": False,
+    "bias_for_layer_norm": False,
+    "block_group_size": 1,
+    "include_qkv_bias": False,
+    "input_emb_norm": False,
+    "layer_norm_with_affine": True,
+    "multi_query_attention": None,
+    "rope_full_precision": True,
+    "scale_logits": False,
+}
+
 
 class LLaDAConfig(PretrainedConfig):  # type: ignore[no-untyped-call]
     """Configuration of :class:`LLaDAModelLM`; the defaults give the LLaDA-8B shape."""
@@ -91,6 +113,16 @@ class LLaDAConfig(PretrainedConfig):  # type: ignore[no-untyped-call]
         include_bias: bool = False,
         init_std: float = 0.02,
         use_cache: bool = False,
+        alibi: bool = False,
+        attention_layer_norm: bool = False,
+        bias_for_layer_norm: bool | None = False,
+        block_group_size: int = 1,
+        include_qkv_bias: bool | None = False,
+        input_emb_norm: bool = False,
+        layer_norm_with_affine: bool = True,
+        multi_query_attention: bool | None = None,
+        rope_full_precision: bool = True,
+        scale_logits: bool = False,
         **kwargs: Any,
     ) -> None:
         self.d_model = d_model
@@ -113,6 +145,19 @@ class LLaDAConfig(PretrainedConfig):  # type: ignore[no-untyped-call]
         self.weight_tying = weight_tying
         self.include_bias = include_bias
         self.init_std = init_std
+        # Not implemented beyond their published values; written so that every config.json
+        # states them, and checked by the model (modeling_llada._check_supported).
+        self.alibi = alibi
+        self.attention_layer_norm = attention_layer_norm
+        # The hub code gives the norms a bias when this is None and include_bias is set.
+        self.bias_for_layer_norm = include_bias if bias_for_layer_norm is None else bias_for_layer_norm
+        self.block_group_size = block_group_size
+        self.include_qkv_bias = include_qkv_bias
+        self.input_emb_norm = input_emb_norm
+        self.layer_norm_with_affine = layer_norm_with_affine
+        self.multi_query_attention = multi_query_attention
+        self.rope_full_precision = rope_full_precision
+        self.scale_logits = scale_logits
         # The model ties nothing through transformers: with ``weight_tying`` the
         # LM head module is absent and the embedding matrix is used directly.
         kwargs["tie_word_embeddings"] = False

@@ -17,49 +17,101 @@ hub checkpoint load the same way::
     model.transformer.ln_f                     RMSNorm(d_model)
     model.transformer.ff_out                   Linear(d_model, embedding_size), absent with weight_tying
 
-Attention is bidirectional (a mask predictor, not an autoregressive decoder) and
-there is no KV cache. This file is copied into model folders and loaded by
+Attention is bidirectional (a mask predictor, not an autoregressive decoder). A
+KV cache with Fast-dLLM v1 semantics (prefix and dual cache, see
+``LLaDAModelLM.forward``) serves accelerated decoding. This file is copied into model folders and loaded by
 ``transformers`` as remote code: it imports only torch, transformers and the
 configuration module next to it (relative import).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .configuration_llada import LLaDAConfig
+from .configuration_llada import LLADA_FIXED_KEYS, LLaDAConfig
 
 # Keyword arguments of ``forward`` that are accepted and ignored. Anything else
 # that is not ``None`` is refused, rather than silently dropped.
 _IGNORED_FORWARD_KWARGS = frozenset({"cache_position", "token_type_ids", "num_items_in_batch"})
 
 
-def _check_supported(config: LLaDAConfig) -> None:
-    """Refuse configurations that this implementation would compute differently from the hub code."""
-    if config.block_type != "llama":
-        raise NotImplementedError(f"block_type={config.block_type!r} is not supported (only 'llama')")
-    if config.activation_type != "silu":
-        raise NotImplementedError(f"activation_type={config.activation_type!r} is not supported (only 'silu')")
-    if config.layer_norm_type != "rms":
-        raise NotImplementedError(f"layer_norm_type={config.layer_norm_type!r} is not supported (only 'rms')")
+class UnsupportedConfigError(ValueError, NotImplementedError):
+    """A configuration this implementation would compute differently from the hub code.
+
+    A ``ValueError`` (a bad value for this model) and a ``NotImplementedError``
+    (the hub code implements it, this one does not), so callers may catch either.
+    """
+
+
+def _problems(config: LLaDAConfig) -> list[str]:
+    """What in ``config`` this implementation does not compute as the hub code does, one line each."""
+    problems: list[str] = []
+    for key, expected in (("block_type", "llama"), ("activation_type", "silu"), ("layer_norm_type", "rms")):
+        value = getattr(config, key)
+        if value != expected:
+            problems.append(f"{key}={value!r} is not supported (only {expected!r})")
     if not config.rope:
-        raise NotImplementedError("rope=False is not supported (LLaDA uses rotary position embeddings)")
-    if getattr(config, "alibi", False):
-        raise NotImplementedError("alibi=True is not supported")
+        problems.append("rope=False is not supported (LLaDA uses rotary position embeddings)")
+    problems.extend(_fixed_key_problems(config))
+    if config.mlp_hidden_size is None:
+        problems.append("mlp_hidden_size=None is not supported: give mlp_hidden_size (mlp_ratio is not read)")
     if config.d_model % config.n_heads != 0:
-        raise ValueError(f"d_model ({config.d_model}) must be a multiple of n_heads ({config.n_heads})")
-    if (config.d_model // config.n_heads) % 2 != 0:
-        raise ValueError(f"head_dim ({config.d_model // config.n_heads}) must be even for rotary embeddings")
+        problems.append(f"d_model ({config.d_model}) must be a multiple of n_heads ({config.n_heads})")
+    elif (config.d_model // config.n_heads) % 2 != 0:
+        problems.append(f"head_dim ({config.d_model // config.n_heads}) must be even for rotary embeddings")
     if config.n_kv_heads < 1 or config.n_heads % config.n_kv_heads != 0:
-        raise ValueError(f"n_heads ({config.n_heads}) must be a multiple of n_kv_heads ({config.n_kv_heads})")
+        problems.append(f"n_heads ({config.n_heads}) must be a multiple of n_kv_heads ({config.n_kv_heads})")
     if config.embedding_size < config.vocab_size:
-        raise ValueError(f"embedding_size ({config.embedding_size}) must be at least vocab_size ({config.vocab_size})")
+        problems.append(
+            f"embedding_size ({config.embedding_size}) must be at least vocab_size ({config.vocab_size})"
+        )
+    return problems
+
+
+# Why each key of LLADA_FIXED_KEYS matters, for the refusal message.
+_FIXED_KEY_EFFECT = {
+    "alibi": "ALiBi attention biases",
+    "attention_layer_norm": "a norm on the queries and keys",
+    "bias_for_layer_norm": "a bias in every norm",
+    "block_group_size": "blocks stored in groups (other weight names)",
+    "include_qkv_bias": "a bias in q_proj, k_proj and v_proj",
+    "input_emb_norm": "embeddings scaled by sqrt(d_model)",
+    "layer_norm_with_affine": "norms without a learned scale when false",
+    "multi_query_attention": "one key/value head; set n_kv_heads: 1 instead and leave it null",
+    "rope_full_precision": "rotary embeddings in the model dtype when false",
+    "scale_logits": "logits scaled by 1/sqrt(d_model)",
+}
+
+
+def _fixed_key_problems(config: LLaDAConfig) -> list[str]:
+    problems = []
+    for key, expected in LLADA_FIXED_KEYS.items():
+        value = getattr(config, key, expected)
+        if key == "include_qkv_bias" and value is None:
+            value = False  # the hub code treats a missing value as no bias
+        if value != expected or type(value) is not type(expected):
+            problems.append(
+                f"{key}={json.dumps(value)} is not supported (only {json.dumps(expected)}: the hub code "
+                f"would compute {_FIXED_KEY_EFFECT[key]})"
+            )
+    return problems
+
+
+def _check_supported(config: LLaDAConfig) -> None:
+    """Refuse configurations that this implementation would compute differently from the hub code.
+
+    Raises :class:`UnsupportedConfigError` naming every offending key.
+    """
+    problems = _problems(config)
+    if problems:
+        raise UnsupportedConfigError("unsupported LLaDA config: " + "; ".join(problems))
 
 
 class LLaDARMSNorm(nn.Module):
@@ -77,11 +129,11 @@ class LLaDARMSNorm(nn.Module):
 
 
 def _rotary_tables(
-    seq_len: int, head_dim: int, theta: float, device: torch.device
+    seq_len: int, head_dim: int, theta: float, device: torch.device, start: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 cos and sin tables of shape (seq_len, head_dim) for positions 0..seq_len-1."""
+    """Float32 cos and sin tables of shape (seq_len, head_dim) for positions start..start+seq_len-1."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+    positions = torch.arange(start, start + seq_len, device=device, dtype=torch.float32)
     angles = torch.outer(positions, inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
@@ -93,6 +145,57 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     half = x32.shape[-1] // 2
     rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
     return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class LLaDAKVCache:
+    """Keys and values of every layer for every position of a canvas, from one full forward.
+
+    ``keys[i]`` and ``values[i]`` are layer ``i``'s tensors of shape
+    (batch, n_kv_heads, length, head_dim); keys are stored after the rotary
+    embedding of their absolute position. A forward given this cache writes the
+    keys and values of its input into it **in place** (see
+    :meth:`LLaDAModelLM.forward`), so one cache serves a whole block.
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        if len(keys) != len(values) or not keys:
+            raise ValueError(f"a cache needs as many key as value tensors, at least one: {len(keys)}, {len(values)}")
+        self.keys = keys
+        self.values = values
+
+    @property
+    def length(self) -> int:
+        """Positions held (the length of the canvas of the full forward)."""
+        return int(self.keys[0].shape[2])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.keys[0].shape[0])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[index], self.values[index]
+
+
+@dataclass
+class LLaDAOutput:
+    """What :meth:`LLaDAModelLM.forward` returns.
+
+    A plain dataclass rather than a ``transformers`` ``ModelOutput``: transformers 5
+    renames a ``ModelOutput``'s ``past_key_values`` to ``cache``, 4.x does not, and
+    this class keeps one name in both.
+    """
+
+    logits: torch.Tensor
+    past_key_values: LLaDAKVCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The fields that are set, in order (what ``return_dict=False`` returns)."""
+        fields = (self.logits, self.past_key_values, self.hidden_states)
+        return tuple(f for f in fields if f is not None)
 
 
 class LLaDABlock(nn.Module):
@@ -123,7 +226,17 @@ class LLaDABlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+        layer_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        position: int = 0,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Return the block's output and the keys/values its queries attended to.
+
+        Without ``layer_cache`` the input attends to itself. With it, the
+        input's keys and values overwrite the cache entries of positions
+        ``[position, position + seq_len)`` in place and the input attends to
+        every cached position. ``cos``/``sin`` are the rotary tables of the
+        input's positions.
+        """
         batch, seq_len, d_model = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
@@ -131,6 +244,12 @@ class LLaDABlock(nn.Module):
         v = self.v_proj(h).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = _apply_rotary(q, cos, sin)
         k = _apply_rotary(k, cos, sin)
+        if layer_cache is not None:
+            cached_k, cached_v = layer_cache
+            cached_k[:, :, position : position + seq_len].copy_(k)
+            cached_v[:, :, position : position + seq_len].copy_(v)
+            k, v = cached_k, cached_v
+        present = (k, v)
         if self.n_kv_heads != self.n_heads:
             groups = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(groups, dim=1)
@@ -140,7 +259,29 @@ class LLaDABlock(nn.Module):
         x = x + self.attn_out(att)
         h = self.ff_norm(x)
         out: torch.Tensor = x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
-        return out
+        return out, present
+
+
+LogitsToKeep = int | slice | torch.Tensor | None
+
+
+def _keep_positions(x: torch.Tensor, logits_to_keep: LogitsToKeep) -> torch.Tensor:
+    """The positions of x (B, L, D) whose logits are asked for: all (None or 0), the last N (int N),
+    a slice, or a 1-D integer tensor of positions (the same for every row)."""
+    if logits_to_keep is None:
+        return x
+    if isinstance(logits_to_keep, slice):
+        return x[:, logits_to_keep]
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.dim() != 1 or logits_to_keep.dtype.is_floating_point or logits_to_keep.dtype == torch.bool:
+            raise ValueError(f"a logits_to_keep tensor must be 1-D integer positions, got {logits_to_keep.dtype} "
+                             f"of shape {tuple(logits_to_keep.shape)}")
+        return x.index_select(1, logits_to_keep.to(device=x.device))
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(
+            f"logits_to_keep must be None, an int >= 0, a slice or a 1-D tensor of positions, got {logits_to_keep!r}"
+        )
+    return x if logits_to_keep == 0 else x[:, -logits_to_keep:]
 
 
 class LLaDAModel(nn.Module):
@@ -163,29 +304,52 @@ class LLaDAModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Return the logits (B, L, embedding_size) and, if asked, the hidden states.
+        *,
+        past_key_values: LLaDAKVCache | None = None,
+        position: int = 0,
+        use_cache: bool = False,
+        logits_to_keep: LogitsToKeep = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, LLaDAKVCache | None]:
+        """Return the logits, the hidden states if asked, and the cache if asked.
 
         The hidden states are the input of every block followed by the output of
         the final norm (n_layers + 1 tensors), as in the hub implementation.
+        With ``past_key_values`` the input holds the positions
+        ``[position, position + seq_len)`` of the cached canvas (see
+        :meth:`LLaDAModelLM.forward`); the logits are (B, kept positions,
+        embedding_size).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
         batch, seq_len = input_ids.shape
+        total = seq_len if past_key_values is None else past_key_values.length
         wte = cast(nn.Embedding, self.transformer["wte"])
         x = wte(input_ids)
-        key_mask = _key_mask(attention_mask, batch, seq_len, x.device)
-        cos, sin = _rotary_tables(seq_len, self.config.d_model // self.config.n_heads, self.config.rope_theta, x.device)
+        key_mask = _key_mask(attention_mask, batch, total, x.device)
+        head_dim = self.config.d_model // self.config.n_heads
+        cos, sin = _rotary_tables(seq_len, head_dim, self.config.rope_theta, x.device, start=position)
         hidden: list[torch.Tensor] = []
-        for block in cast(nn.ModuleList, self.transformer["blocks"]):
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        for i, block in enumerate(cast(nn.ModuleList, self.transformer["blocks"])):
             if output_hidden_states:
                 hidden.append(x)
-            x = block(x, cos, sin, key_mask)
+            layer_cache = None if past_key_values is None else past_key_values.layer(i)
+            x, (k, v) = block(x, cos, sin, key_mask, layer_cache, position)
+            if use_cache:
+                keys.append(k)
+                values.append(v)
         x = self.transformer["ln_f"](x)
         if output_hidden_states:
             hidden.append(x)
-        logits: torch.Tensor = F.linear(x, wte.weight) if self.config.weight_tying else self.transformer["ff_out"](x)
-        return logits, (tuple(hidden) if output_hidden_states else None)
+        kept = _keep_positions(x, logits_to_keep)
+        logits: torch.Tensor = (
+            F.linear(kept, wte.weight) if self.config.weight_tying else self.transformer["ff_out"](kept)
+        )
+        cache = None
+        if use_cache:
+            cache = past_key_values if past_key_values is not None else LLaDAKVCache(keys, values)
+        return logits, (tuple(hidden) if output_hidden_states else None), cache
 
 
 def _key_mask(
@@ -196,7 +360,8 @@ def _key_mask(
         return None
     if tuple(attention_mask.shape) != (batch, seq_len):
         raise ValueError(
-            f"attention_mask must have shape (batch, seq_len) = {(batch, seq_len)}, got {tuple(attention_mask.shape)}"
+            f"attention_mask must have shape (batch, key positions) = {(batch, seq_len)}, "
+            f"got {tuple(attention_mask.shape)}"
         )
     keep = attention_mask.to(device=device).bool()
     if bool(keep.all()):
@@ -266,22 +431,46 @@ class LLaDAModelLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Any = None,
+        past_key_values: LLaDAKVCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         labels: torch.Tensor | None = None,
+        replace_position: int | None = None,
+        logits_to_keep: LogitsToKeep = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast | tuple[Any, ...]:
-        """Logits of every position (B, L, embedding_size), with bidirectional attention.
+    ) -> LLaDAOutput | tuple[Any, ...]:
+        """Logits (B, L, embedding_size) with bidirectional attention, optionally with a KV cache.
 
+        Without a cache, ``input_ids`` (B, L) is the whole canvas;
         ``attention_mask`` is (B, L) with 1 for tokens to attend to and 0 for
-        padding; padded keys are hidden from every query. Positions are 0..L-1
-        in every row (rotary embeddings only see relative offsets).
+        padding, and padded keys are hidden from every query. Positions are
+        0..L-1 in every row (rotary embeddings only see relative offsets).
+
+        KV cache (Fast-dLLM v1 semantics):
+
+        * ``use_cache=True`` on a full forward returns, as ``past_key_values``,
+          a :class:`LLaDAKVCache` with every layer's keys and values for all L
+          positions.
+        * Given that cache, ``input_ids`` (B, S) holds the positions
+          ``[replace_position, replace_position + S)`` of the canvas (required,
+          absolute, so rotary positions stay those of the full canvas). Their
+          keys and values are computed and **replace** the cache entries of
+          those positions in place; the queries attend to all L cached
+          positions. ``attention_mask`` then covers all L positions. Feeding
+          ``x[:, block_start:]`` with ``replace_position=block_start`` is the
+          prefix cache (the positions before the block come from the cache);
+          feeding only the block is the dual cache (the positions after it come
+          from the cache too).
+        * ``use_cache`` defaults to False; with a cache it returns the same
+          (updated) cache object.
+
+        ``logits_to_keep`` restricts the LM head to some input positions: None
+        or 0 for all, an int N for the last N, a slice, or a 1-D integer tensor
+        of positions (the same for every row); the logits are then (B, kept,
+        embedding_size), in that order (hidden states stay complete).
         """
-        if use_cache or past_key_values is not None:
-            raise ValueError("LLaDA does not support a KV cache: pass use_cache=False and no past_key_values")
         if output_attentions:
             raise ValueError("output_attentions is not supported (attention runs in scaled_dot_product_attention)")
         if labels is not None:
@@ -289,11 +478,50 @@ class LLaDAModelLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_FORWARD_KWARGS)
         if unexpected:
             raise TypeError(f"LLaDAModelLM.forward got unsupported arguments: {', '.join(unexpected)}")
+        position = _check_cache_arguments(input_ids, past_key_values, replace_position, self.config.n_layers)
         if output_hidden_states is None:
             output_hidden_states = bool(self.config.output_hidden_states)
         if return_dict is None:
             return_dict = bool(self.config.return_dict)
-        logits, hidden_states = self.model(input_ids, attention_mask, output_hidden_states)
-        if not return_dict:
-            return (logits,) if hidden_states is None else (logits, hidden_states)
-        return CausalLMOutputWithPast(logits=logits, hidden_states=hidden_states)
+        logits, hidden_states, cache = self.model(
+            input_ids,
+            attention_mask,
+            output_hidden_states,
+            past_key_values=past_key_values,
+            position=position,
+            use_cache=bool(use_cache),
+            logits_to_keep=logits_to_keep,
+        )
+        output = LLaDAOutput(logits=logits, past_key_values=cache, hidden_states=hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+def _check_cache_arguments(
+    input_ids: torch.Tensor, cache: LLaDAKVCache | None, replace_position: int | None, n_layers: int
+) -> int:
+    """The absolute position of the first input token; refuses inconsistent cache arguments."""
+    if cache is None:
+        if replace_position is not None:
+            raise ValueError("replace_position needs past_key_values (the cache returned with use_cache=True)")
+        return 0
+    if not isinstance(cache, LLaDAKVCache):
+        raise TypeError(
+            "past_key_values must be the LLaDAKVCache that a forward with use_cache=True returned, "
+            f"got {type(cache).__name__}"
+        )
+    if len(cache) != n_layers:
+        raise ValueError(f"past_key_values holds {len(cache)} layers, the model has {n_layers}")
+    if isinstance(replace_position, bool) or not isinstance(replace_position, int):
+        raise ValueError(
+            "with past_key_values, replace_position (the canvas position of the first input token) "
+            f"must be an int, got {replace_position!r}"
+        )
+    batch, seq_len = input_ids.shape[0], input_ids.shape[-1]
+    if batch != cache.batch_size:
+        raise ValueError(f"input batch {batch} differs from the cache's batch {cache.batch_size}")
+    if replace_position < 0 or replace_position + seq_len > cache.length:
+        raise ValueError(
+            f"positions [{replace_position}, {replace_position + seq_len}) of the input lie outside "
+            f"the cache's {cache.length} positions"
+        )
+    return replace_position
