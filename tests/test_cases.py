@@ -89,3 +89,29 @@ def test_keyword_selection(bench_project: pytest.Pytester, expression: str, expe
     result = bench_project.runpytest("--config", str(path), "--collect-only", "-q", "-k", expression)
     selected = [line.split("::", 1)[1] for line in result.stdout.lines if line.startswith("test_bench.py::")]
     assert selected == expected
+
+
+def test_accelerated_decoding_axes_in_ids_and_steps_collapse_under_a_commit_rule() -> None:
+    raw = tiny_config(
+        llada={"steps": [4, 8], "block_length": [8], "cache": ["none", "dual"], "threshold": [None, 0.9]},
+    )
+    ids = _ids(raw)
+    assert ids[:6] == [
+        "tiny-llada-p8-g8-b2-s4-k8",
+        "tiny-llada-p8-g8-b2-s4-k8-cdual",
+        "tiny-llada-p8-g8-b2-s8-k8",
+        "tiny-llada-p8-g8-b2-s8-k8-cdual",
+        "tiny-llada-p8-g8-b2-k8-th0.9",
+        "tiny-llada-p8-g8-b2-k8-cdual-th0.9",
+    ]
+    assert len(ids) == len(set(ids)) == 7, "the threshold cases do not repeat per steps value"
+    factor = _ids(tiny_config(llada={"block_length": [8], "factor": 1.0, "cache": "prefix"}))
+    assert factor[0] == "tiny-llada-p8-g8-b2-k8-cprefix-f1"
+
+
+def test_task_in_ids_only_when_not_random() -> None:
+    raw = tiny_config(grid={"prompt_length": [11], "gen_length": [8], "batch_size": [1], "task": ["random", "copy"]})
+    ids = _ids(raw)
+    assert "tiny-llada-p11-g8-b1-s4-k8" in ids
+    assert "tiny-llada-copy-p11-g8-b1-s4-k8" in ids
+    assert "tiny-llama-copy-p11-g8-b1" in ids

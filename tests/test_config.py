@@ -96,6 +96,27 @@ BAD_CONFIGS: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("not a hub id or a path", lambda c: c["models"][0].update(source="gpt"), "models[0].source", "hub id"),
     ("revision for a local path", lambda c: c["models"][0].update(revision="v1"), "models[0].revision", "no revision"),
     ("threads zero", lambda c: c.update(threads=0), "threads", "positive integer"),
+    ("threshold and factor", lambda c: c["llada"].update(threshold=0.9, factor=1.0), "llada.threshold", "exclude"),
+    ("threshold above 1", lambda c: c["llada"].update(threshold=1.5), "llada.threshold", "(0, 1]"),
+    ("threshold zero", lambda c: c["llada"].update(threshold=0), "llada.threshold", "(0, 1]"),
+    ("factor zero", lambda c: c["llada"].update(factor=0), "llada.factor", "> 0"),
+    ("unknown cache", lambda c: c["llada"].update(cache="full"), "llada.cache", "none, prefix, dual"),
+    (
+        "remote code with a cache",
+        lambda c: (c["llada"].update(cache="dual"), c["models"][0].update(trust_remote_code=True)),
+        "models[0].trust_remote_code",
+        "has no KV cache",
+    ),
+    ("unknown task", lambda c: c["grid"].update(task="sort"), "grid.task", "random, copy, permute, jsonl"),
+    ("task option unknown", lambda c: c.update(tasks={"copy": {"length": 3}}), "tasks.copy.length", "unknown key"),
+    (
+        "task prompt too short",
+        lambda c: c["grid"].update(task="copy", prompt_length=[8]),
+        "grid.prompt_length",
+        "at least 11 for task copy",
+    ),
+    ("jsonl without a path", lambda c: c["grid"].update(task="jsonl"), "tasks.jsonl.path", "a JSONL file"),
+    ("unknown shipped model", lambda c: c["models"][0].update(source="trained:gpt5"), "models[0].source", "trained:"),
 ]
 
 

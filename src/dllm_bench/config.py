@@ -227,6 +227,9 @@ def _parse_sections(
         settings[kind] = backend.parse_section(check, raw, used=used)
         if used and settings[kind]:
             backend.check_grid(check, gen_length, settings[kind])
+        for index, model in enumerate(models):
+            if model.kind == kind:
+                backend.check_model(check, f"models[{index}]", model, settings[kind])
     return settings
 
 

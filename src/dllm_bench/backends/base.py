@@ -63,6 +63,10 @@ class Backend(ABC):
         """Rules that tie the settings to the grid (none by default)."""
         return None
 
+    def check_model(self, check: Checker, key: str, spec: ModelSpec, settings: tuple[Settings, ...]) -> None:
+        """Rules that tie a model entry (at `key`) to this kind's settings (none by default)."""
+        return None
+
     @abstractmethod
     def arch_keys(self) -> frozenset[str]:
         """The architecture keys a random-init entry of this kind accepts."""

@@ -15,10 +15,19 @@ import torch
 from transformers import AutoModel
 
 from dllm_bench.backends.base import Backend, Settings, check_arch_types, check_positive
+from dllm_bench.models.llada_checkpoint import load_llada_checkpoint, register_llada_auto_classes
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
-from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM, _check_supported
+from dllm_bench.models.llada_hf.modeling_llada import _check_supported
 from dllm_bench.models.random_init import LLADA_REMOTE_CODE_FILES, llada_source_dir, write_llada_folder
-from dllm_bench.sampling.llada import REMASKING_STRATEGIES, generate, validate_schedule
+from dllm_bench.sampling.llada import (
+    CACHE_MODES,
+    LLADA_DEFAULTS,
+    REMASKING_STRATEGIES,
+    DecodingError,
+    forward_pass_bounds,
+    generate,
+    validate_decoding,
+)
 from dllm_bench.spec import Checker, ModelSpec
 
 if TYPE_CHECKING:
@@ -29,9 +38,13 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("dllm_bench.backends.llada")
 
-SECTION_KEYS = ("steps", "block_length", "remasking", "temperature", "cfg_scale")
+SECTION_KEYS = ("steps", "block_length", "remasking", "temperature", "cfg_scale", "cache", "threshold", "factor")
 SIZE_KEYS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size")
 TOKEN_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+# The config key a problem the sampler's validation names is reported under: gen_length is
+# a grid key shared by all kinds, so "gen_length must be a multiple of block_length" is
+# reported as the LLaDA axis block_length.
+PROBLEM_KEYS = {"gen_length": "llada.block_length"}
 
 
 def _number(value: float) -> str:
@@ -41,13 +54,22 @@ def _number(value: float) -> str:
 
 @dataclass(frozen=True)
 class LladaSettings:
-    """How a LLaDA case decodes; the defaults are the ones the README documents."""
+    """How a LLaDA case decodes. `steps` is None with `threshold` or `factor`: the number of
+    forward passes then follows from the commit rule, not from a schedule."""
 
-    steps: int
+    steps: int | None
     block_length: int
-    remasking: str = "low_confidence"
-    temperature: float = 0.0
-    cfg_scale: float = 0.0
+    remasking: str = LLADA_DEFAULTS.remasking
+    temperature: float = LLADA_DEFAULTS.temperature
+    cfg_scale: float = LLADA_DEFAULTS.cfg_scale
+    cache: str = LLADA_DEFAULTS.cache
+    threshold: float | None = LLADA_DEFAULTS.threshold
+    factor: float | None = LLADA_DEFAULTS.factor
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether a commit rule (threshold or factor) decides how many tokens each step commits."""
+        return self.threshold is not None or self.factor is not None
 
     def columns(self) -> dict[str, object]:
         return {
@@ -56,32 +78,68 @@ class LladaSettings:
             "remasking": self.remasking,
             "temperature": self.temperature,
             "cfg_scale": self.cfg_scale,
+            "cache": self.cache,
+            "threshold": self.threshold,
+            "factor": self.factor,
         }
 
     def id_parts(self) -> list[str]:
-        """`s<steps>-k<block_length>`, then only what differs from the defaults:
-        `random`, `t<temperature>`, `cfg<cfg_scale>`."""
-        parts = [f"s{self.steps}", f"k{self.block_length}"]
-        if self.remasking == "random":
-            parts.append("random")
+        """`s<steps>-k<block_length>` (no `s` part with a commit rule), then only what differs
+        from the defaults: `random`, `t<temperature>`, `cfg<cfg_scale>`, `c<cache>`,
+        `th<threshold>`, `f<factor>`."""
+        parts = [] if self.steps is None else [f"s{self.steps}"]
+        parts.append(f"k{self.block_length}")
+        if self.remasking != LLADA_DEFAULTS.remasking:
+            parts.append(self.remasking)
         if self.temperature:
             parts.append(f"t{_number(self.temperature)}")
         if self.cfg_scale:
             parts.append(f"cfg{_number(self.cfg_scale)}")
+        if self.cache != LLADA_DEFAULTS.cache:
+            parts.append(f"c{self.cache}")
+        if self.threshold is not None:
+            parts.append(f"th{_number(self.threshold)}")
+        if self.factor is not None:
+            parts.append(f"f{_number(self.factor)}")
         return parts
 
     def expected_nfe(self, gen_length: int) -> int:
-        return self.steps
+        """The most forward passes one call can make (the progress bar's length)."""
+        _, most = forward_pass_bounds(
+            steps=self.steps,
+            gen_length=gen_length,
+            block_length=self.block_length,
+            threshold=self.threshold,
+            factor=self.factor,
+        )
+        return most
 
     def batch_factor(self) -> int:
         return 2 if self.cfg_scale else 1
 
     def work_per_call(self, prompt_length: int, gen_length: int, batch_size: int) -> float:
-        """Every step runs the whole (batch, prompt + gen) canvas, doubled with cfg."""
-        return float(self.steps * batch_size * (prompt_length + gen_length) * self.batch_factor())
+        """Forward passes (at most) times the (batch, prompt + gen) canvas, doubled with cfg;
+        a cache makes the real work smaller, which only unbalances shards a little."""
+        return float(self.expected_nfe(gen_length) * batch_size * (prompt_length + gen_length) * self.batch_factor())
 
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> LladaSettings:
+        """The settings of a row (its `steps`, ..., `factor` columns); defaults where empty."""
 
-DEFAULTS = LladaSettings(steps=1, block_length=1)
+        def value(key: str, default: Any) -> Any:
+            found = columns.get(key)
+            return default if found is None else found
+
+        return cls(
+            steps=columns.get("steps"),
+            block_length=int(value("block_length", 1)),
+            remasking=str(value("remasking", LLADA_DEFAULTS.remasking)),
+            temperature=float(value("temperature", LLADA_DEFAULTS.temperature)),
+            cfg_scale=float(value("cfg_scale", LLADA_DEFAULTS.cfg_scale)),
+            cache=str(value("cache", LLADA_DEFAULTS.cache)),
+            threshold=columns.get("threshold"),
+            factor=columns.get("factor"),
+        )
 
 
 def _llada_types() -> dict[str, tuple[type, ...]]:
@@ -111,32 +169,69 @@ class LladaBackend(Backend):
                 )
             return ()
         check.known_keys(raw, "llada", SECTION_KEYS)
-        for key in ("steps", "block_length"):
-            if key not in raw:
-                check.fail(f"llada.{key}", "a positive integer or a list of them (missing)", show_got=False)
-        steps = check.int_axis(raw.get("steps", 1), "llada.steps")
+        if "block_length" not in raw:
+            check.fail("llada.block_length", "a positive integer or a list of them (missing)", show_got=False)
+        thresholds = self._optional_axis(check, raw.get("threshold"), "llada.threshold")
+        factors = self._optional_axis(check, raw.get("factor"), "llada.factor")
+        if "steps" not in raw and None in thresholds and None in factors:
+            check.fail("llada.steps", "a positive integer or a list of them (missing)", show_got=False)
+        steps = check.int_axis(raw.get("steps", 1), "llada.steps") if "steps" in raw else ()
         blocks = check.int_axis(raw.get("block_length", 1), "llada.block_length")
-        remasking = check.choice_axis(raw.get("remasking", DEFAULTS.remasking), "llada.remasking", REMASKING_STRATEGIES)
-        temperature = check.float_axis(raw.get("temperature", DEFAULTS.temperature), "llada.temperature")
-        cfg = check.float_axis(raw.get("cfg_scale", DEFAULTS.cfg_scale), "llada.cfg_scale")
-        return tuple(
-            LladaSettings(steps=s, block_length=k, remasking=r, temperature=t, cfg_scale=c)
-            for s, k, r, t, c in itertools.product(steps, blocks, remasking, temperature, cfg)
+        remasking = check.choice_axis(
+            raw.get("remasking", LLADA_DEFAULTS.remasking), "llada.remasking", REMASKING_STRATEGIES
         )
+        temperature = check.float_axis(raw.get("temperature", LLADA_DEFAULTS.temperature), "llada.temperature")
+        cfg = check.float_axis(raw.get("cfg_scale", LLADA_DEFAULTS.cfg_scale), "llada.cfg_scale")
+        caches = check.choice_axis(raw.get("cache", LLADA_DEFAULTS.cache), "llada.cache", CACHE_MODES)
+        settings: dict[LladaSettings, None] = {}
+        for threshold, factor in itertools.product(thresholds, factors):
+            # With a commit rule the steps axis does not change the result: one case, no steps.
+            rule_steps: tuple[int | None, ...] = (None,) if threshold is not None or factor is not None else steps
+            for s, k, r, t, c, cache in itertools.product(rule_steps, blocks, remasking, temperature, cfg, caches):
+                item = LladaSettings(s, k, r, t, c, cache, threshold, factor)
+                settings.setdefault(item, None)
+        return tuple(settings)
+
+    @staticmethod
+    def _optional_axis(check: Checker, value: object, key: str) -> tuple[float | None, ...]:
+        """An axis of numbers where null is a value (`threshold: [null, 0.9]`); null alone by default."""
+        items = check.axis(value, key) if value is not None else [None]
+        result: list[float | None] = []
+        for item in items:
+            if item is None:
+                result.append(None)
+            elif (number := check.real(item, key, maximum=1e6)) is not None:
+                result.append(number)
+        return tuple(result)
 
     def check_grid(self, check: Checker, gen_lengths: tuple[int, ...], settings: tuple[Settings, ...]) -> None:
+        """The sampler's own validation (the one copy of the schedule and commit rules), for
+        every setting at every generation length; each problem once, under its key."""
         seen: set[str] = set()
         for gen_length in gen_lengths:
             for item in settings:
                 assert isinstance(item, LladaSettings)
                 try:
-                    validate_schedule(steps=item.steps, gen_length=gen_length, block_length=item.block_length)
-                except ValueError as exc:
-                    key = "llada.steps" if str(exc).startswith("steps") else "llada.block_length"
-                    message = f"a valid schedule for grid.gen_length={gen_length}: {exc}"
-                    if message not in seen:
-                        seen.add(message)
-                        check.fail(key, message, show_got=False)
+                    validate_decoding(gen_length=gen_length, **item.columns())  # type: ignore[arg-type]
+                except DecodingError as exc:
+                    for problem in exc.problems:
+                        name = problem.split(" ", 1)[0].strip("'(")
+                        key = PROBLEM_KEYS.get(name, f"llada.{name}" if name in SECTION_KEYS else "llada")
+                        message = f"a valid setting for grid.gen_length={gen_length}: {problem}"
+                        if key + message not in seen:
+                            seen.add(key + message)
+                            check.fail(key, message, show_got=False)
+
+    def check_model(self, check: Checker, key: str, spec: ModelSpec, settings: tuple[Settings, ...]) -> None:
+        """A checkpoint run with its own code (trust_remote_code) has no KV cache."""
+        cached = sorted({s.cache for s in settings if isinstance(s, LladaSettings) and s.cache != "none"})
+        if spec.trust_remote_code and cached:
+            check.fail(
+                f"{key}.trust_remote_code",
+                f"false with llada.cache {', '.join(cached)}: the checkpoint's own code has no KV cache "
+                "(leave trust_remote_code out to run the suite's implementation, or use cache: none)",
+                show_got=False,
+            )
 
     def arch_keys(self) -> frozenset[str]:
         return frozenset(LLADA_CONFIG_KEYS)
@@ -171,8 +266,8 @@ class LladaBackend(Backend):
                 location, trust_remote_code=True, dtype=dtype, revision=spec.revision
             )
             return model
-        loaded: torch.nn.Module = LLaDAModelLM.from_pretrained(location, dtype=dtype, revision=spec.revision or "main")
-        return loaded
+        register_llada_auto_classes()
+        return load_llada_checkpoint(location, dtype=dtype, revision=spec.revision)
 
     def build_call(
         self, case: Case, loaded: LoadedModel, feed: PromptFeed, recorder: CallRecorder
@@ -195,6 +290,9 @@ class LladaBackend(Backend):
                 cfg_scale=settings.cfg_scale,
                 remasking=settings.remasking,
                 mask_id=mask_id,
+                cache=settings.cache,
+                threshold=settings.threshold,
+                factor=settings.factor,
             )
             return recorder.record(output)
 
@@ -247,14 +345,17 @@ class LladaBackend(Backend):
                 cfg_scale=settings.cfg_scale,
                 remasking=settings.remasking,
                 mask_id=loaded.mask_id,
+                cache="none",
+                threshold=None,
+                factor=None,
             )
         return loaded.memo[key]
 
     def check_output(self, case: Case, loaded: LoadedModel, output: torch.Tensor) -> None:
-        """A canvas with mask tokens left is logged: the model itself predicted the mask id,
-        which the reference algorithm allows (a trained model does not)."""
+        """The sampler never commits the mask id: a mask token left in the generated part is a
+        bug, and the case fails rather than counting an unfinished canvas."""
         if loaded.mask_id is None:
             return
         left = int(torch.eq(output[:, case.prompt_length :], loaded.mask_id).sum().item())
         if left:
-            LOG.warning("case %s: %d mask tokens remain: the model predicted the mask id", case.case_id, left)
+            raise RuntimeError(f"{case.case_id}: {left} mask tokens remain in the generated canvas")
