@@ -505,6 +505,7 @@ def test_each_figure_is_a_png_of_a_sensible_size() -> None:
     images = [
         figures.trade_off_figure(data.trade_offs(rows), colors),
         figures.trade_off_figure(data.trade_offs(speed_only), speed_only_colors),
+        figures.trade_off_figure(data.trade_offs(rows + speed_only), colors | speed_only_colors),
         figures.speedup_figure(data.speedups(rows), colors),
         figures.cost_figure(data.costs(rows), data.tokens_per_forward_by_strategy(rows), colors),
         figures.comparison_figure(data.compare(rows, reference, [parse_gate("tokens_per_s:-10%")])),

@@ -16,9 +16,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.axis import XAxis, YAxis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -29,9 +31,11 @@ from dllm_bench.sinks.report.data import (
     Comparison,
     Cost,
     Point,
+    Shape,
     Speedup,
     Spread,
     TradeOff,
+    shape_name,
 )
 
 DPI = 100
@@ -230,39 +234,69 @@ def _quality_panel(axis: Axes, panel: TradeOff, colors: Mapping[str, str]) -> No
     _speed_scale(axis, [p.speed for p in [*panel.llada, *panel.baselines]])
 
 
-def _speed_only_panel(axis: Axes, panel: TradeOff, colors: Mapping[str, str]) -> None:
-    """Without a quality measure: tokens/s per strategy as dots, the AR speed as a line."""
-    ordered = sorted(panel.llada, key=lambda p: p.label)
-    positions = list(range(len(ordered)))
-    axis.scatter([p.speed for p in ordered], positions, c=[colors[p.label] for p in ordered], zorder=2)
-    axis.set_yticks(positions, [p.label for p in ordered], fontsize="small")
-    axis.set_ylim(len(ordered) - 0.5, -0.5)
-    for b in panel.baselines:
-        axis.axvline(b.speed, color=colors[b.label], ls=":", lw=1.2)
-    _speed_scale(axis, [p.speed for p in [*panel.llada, *panel.baselines]])
+def shape_colors(shapes: Iterable[Shape]) -> dict[Shape, str]:
+    """A colour per shape, in shape order, from a sequential map (small to large)."""
+    ordered = sorted(set(shapes), key=lambda shape: tuple(v or 0 for v in shape))
+    cmap = colormaps["viridis"]
+    return {shape: to_hex(cmap(0.9 * i / max(1, len(ordered) - 1))) for i, shape in enumerate(ordered)}
+
+
+def _speed_only_panel(axis: Axes, task: str, panels: Sequence[TradeOff], by_shape: Mapping[Shape, str]) -> None:
+    """A task without a quality measure: tokens_per_s of each strategy (one line each, AR
+    last) at every shape (one colour each, moved up or down a little so that dots do not hide
+    each other)."""
+    llada = sorted({p.label for panel in panels for p in panel.llada})
+    baselines = sorted({b.label for panel in panels for b in panel.baselines})
+    position = {label: i for i, label in enumerate([*llada, *baselines])}
+    step = min(0.12, 0.7 / max(1, len(panels)))
+    for index, panel in enumerate(panels):
+        points = [*panel.llada, *panel.baselines]
+        offset = (index - (len(panels) - 1) / 2) * step
+        axis.scatter(
+            [p.speed for p in points],
+            [position[p.label] + offset for p in points],
+            marker="o",
+            color=by_shape[panel.shape],
+            zorder=2,
+        )
+    axis.set_yticks(list(position.values()), list(position), fontsize="small")
+    axis.set_ylim(len(position) - 0.5, -0.5)
+    _speed_scale(axis, [p.speed for panel in panels for p in [*panel.llada, *panel.baselines]])
+    axis.set_title(f"{task}: no quality measure", fontsize="medium")
 
 
 def trade_off_figure(panels: Sequence[TradeOff], colors: Mapping[str, str]) -> bytes:
     """One panel per task and shape: tokens_per_s against the quality measure, the Pareto front
-    circled and dashed, AR as a star (with a quality value) or a dotted line (without). A task
-    without a quality measure shows tokens_per_s per strategy."""
-    ar_points = any(p.quality is not None for panel in panels for p in panel.baselines)
-    shown = _legend_labels((p.label for panel in panels for p in [*panel.llada, *panel.baselines]), ar_points=ar_points)
+    circled and dashed, AR as a star (a dotted line where it has no value of the measure). A
+    task without a quality measure gets one panel: tokens_per_s per strategy, one colour per shape."""
+    scored = [panel for panel in panels if panel.metric]
+    speed_only: dict[str, list[TradeOff]] = {}
+    for panel in panels:
+        if not panel.metric:
+            speed_only.setdefault(panel.task, []).append(panel)
+    by_shape = shape_colors(panel.shape for group in speed_only.values() for panel in group)
+    ar_points = any(p.quality is not None for panel in scored for p in panel.baselines)
+    shown = _legend_labels((p.label for panel in scored for p in [*panel.llada, *panel.baselines]), ar_points=ar_points)
     extra = []
-    if any(panel.metric for panel in panels):
+    if scored:
         extra.append(Line2D([], [], marker="o", ls="--", color=FRONT_COLOR, mfc="none", label="Pareto front"))
-    if any(p.quality is None for panel in panels for p in panel.baselines):
+    if any(p.quality is None for panel in scored for p in panel.baselines):
         extra.append(Line2D([], [], ls=":", color=AR_COLOR, label="AR tokens_per_s"))
-    categorical = [p.label for panel in panels if panel.metric is None for p in panel.llada]
-    left = max(NUMERIC_LEFT_IN, text_width_in(categorical) + 0.25) if categorical else NUMERIC_LEFT_IN
+    extra += [
+        Line2D([], [], marker="o", ls="", color=color, label=shape_name(shape)) for shape, color in by_shape.items()
+    ]
+    categories = [p.label for group in speed_only.values() for panel in group for p in [*panel.llada, *panel.baselines]]
+    left = max(NUMERIC_LEFT_IN, text_width_in(categories) + 0.25) if categories else NUMERIC_LEFT_IN
+    lines = max((len(set(categories)),), default=0)
+    height = max(PANEL_HEIGHT_IN, BAR_HEIGHT_IN * 1.4 * lines)
     legend = legend_width_in([*shown, *(str(e.get_label()) for e in extra)])
-    figure, axes = Grid(len(panels), left=left, legend=legend).build()
-    for axis, panel in zip(axes, panels, strict=True):
-        if panel.metric is None:
-            _speed_only_panel(axis, panel, colors)
-        else:
-            _quality_panel(axis, panel, colors)
+    figure, axes = Grid(len(scored) + len(speed_only), height=height, left=left, legend=legend).build()
+    for axis, panel in zip(axes, scored, strict=False):
+        _quality_panel(axis, panel, colors)
         axis.set_title(panel.title, fontsize="medium")
+    for axis, (task, group) in zip(axes[len(scored) :], speed_only.items(), strict=True):
+        _speed_only_panel(axis, task, group, by_shape)
+    for axis in axes:
         axis.set_xlabel("tokens_per_s", fontsize="small")
         axis.grid(True, alpha=0.3)
     _legend(figure, colors, shown, extra)
@@ -426,18 +460,18 @@ def _comparison_panel(axis: Axes, comparison: Comparison, metric: str) -> None:
     axis.set_yticks(positions, [c.case_id for c in changes], fontsize="x-small")
     axis.set_ylim(-0.6, len(changes) - 0.4)
     axis.axvline(0.0, color=AR_COLOR, lw=0.8)
+    unit = comparison.units[metric]
     for limit in comparison.limit(metric):
         axis.axvline(limit, color=REGRESSION_COLOR, ls="--", lw=1.2)
         axis.text(
             limit,
             1.0,
-            f" gate {limit:+g}",
+            f" gate {limit:+g}{unit}",
             transform=axis.get_xaxis_transform(),
             color=REGRESSION_COLOR,
             fontsize="small",
             va="bottom",
         )
-    unit = comparison.units[metric]
     axis.set_xlabel(f"change of {metric} ({_unit_text(unit)})", fontsize="small")
     shown = f", the {len(changes)} largest" if len(comparison.of(metric)) > len(changes) else ""
     axis.set_title(f"{metric} against the reference{shown}", fontsize="medium", pad=16)

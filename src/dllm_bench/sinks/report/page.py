@@ -300,7 +300,8 @@ def trade_off_html(panels: Sequence[TradeOff], image: Image | None) -> str:
         if metric is None:
             lines.append(
                 f"<li><b>{esc(task)}</b>: no quality measure yet (no accuracy or agreement_exact values); "
-                "the figure shows tokens_per_s per strategy, the AR baseline's as a dotted line.</li>"
+                "its panel shows the tokens_per_s of each strategy and of the AR baseline, one colour per "
+                "shape.</li>"
             )
         else:
             lines.append(
