@@ -282,13 +282,22 @@ def table_case_ids(parser: PageParser) -> list[str]:
 # --- strategy labels -----------------------------------------------------------------------
 
 
+def llada_settings(**values: object) -> LladaSettings:
+    """LladaSettings with the given values that it has as fields (the cache, threshold and factor
+    axes arrive with the accelerated-decoding work; then these tests check them too)."""
+    names = {f.name for f in dataclasses.fields(LladaSettings)}
+    return LladaSettings(**{name: value for name, value in values.items() if name in names})  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "settings",
     [
-        LladaSettings(steps=16, block_length=32),
-        LladaSettings(steps=64, block_length=8, remasking="random"),
-        LladaSettings(steps=32, block_length=32, temperature=0.5, cfg_scale=1.5),
-        LladaSettings(steps=32, block_length=32, temperature=2.0),
+        llada_settings(steps=16, block_length=32),
+        llada_settings(steps=64, block_length=8, remasking="random"),
+        llada_settings(steps=32, block_length=32, temperature=0.5, cfg_scale=1.5),
+        llada_settings(steps=32, block_length=32, temperature=2.0),
+        llada_settings(steps=32, block_length=32, remasking="random", temperature=0.5, cache="dual", threshold=0.9),
+        llada_settings(steps=32, block_length=32, cfg_scale=1.5, cache="prefix", factor=1.0),
     ],
 )
 def test_strategy_label_is_the_case_id_part_of_the_settings(settings: LladaSettings) -> None:

@@ -193,18 +193,31 @@ def cell_text(value: object) -> str:
     return str(value)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _cell(value: object, *, css: str = "") -> str:
-    classes = " ".join(c for c in (css, "num" if isinstance(value, int | float) and value is not None else "") if c)
-    class_attr = f' class="{classes}"' if classes else ""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f'<td{class_attr} data-sort="{value!r}">{esc(cell_text(value))}</td>'
+    """A table cell; numbers are right-aligned and sort by their value (`data-sort`)."""
+    if _is_number(value):
+        return f'<td class="{f"num {css}".strip()}" data-sort="{value!r}">{esc(cell_text(value))}</td>'
+    class_attr = f' class="{css}"' if css else ""
     return f"<td{class_attr}>{esc(cell_text(value))}</td>"
 
 
+def _ratio_cell(ratio: float) -> str:
+    """A speedup against AR: `2.24x`, red below 1 (AR is faster), green from 1."""
+    css = "num loses" if ratio < 1 else "num wins"
+    return f'<td class="{css}" data-sort="{ratio!r}">{esc(format_ratio(ratio))}</td>'
+
+
 def sortable_table(headers: Sequence[tuple[str, str]], body: Iterable[tuple[str, Sequence[str]]], css: str = "") -> str:
-    """A sortable table: headers are (name, tooltip); body lines are (tr class, cell HTML)."""
+    """A sortable table: headers are (name, tooltip); body lines are (the line's class, its cells' HTML)."""
     head = "".join(f'<th title="{esc(tip)}"><button type="button">{esc(name)}</button></th>' for name, tip in headers)
-    lines = "".join(f"<tr{f' class={chr(34)}{tr}{chr(34)}' if tr else ''}>{''.join(cells)}</tr>" for tr, cells in body)
+    lines = "".join(
+        f'<tr class="{esc(line_css)}">{"".join(cells)}</tr>' if line_css else f"<tr>{''.join(cells)}</tr>"
+        for line_css, cells in body
+    )
     return (
         f'<div class="scroll"><table class="sortable {css}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{lines}</tbody></table></div>"
@@ -332,11 +345,7 @@ def _speedup_table(items: Sequence[Speedup]) -> str:
         cells = [f"<td>{esc(setting)}</td>"]
         for task, shape in columns:
             value = ratio.get((setting, task, shape))
-            if value is None:
-                cells.append("<td></td>")
-            else:
-                css = "num loses" if value < 1 else "num wins"
-                cells.append(f'<td class="{css}" data-sort="{value!r}">{esc(format_ratio(value))}</td>')
+            cells.append("<td></td>" if value is None else _ratio_cell(value))
         body.append(("", cells))
     return sortable_table(headers, body, "speedups")
 
@@ -496,11 +505,7 @@ def table_html(rows: Sequence[Row], speedup: Mapping[str, float], docs: Mapping[
         cells = []
         for column in columns:
             value = _value(row, column, speedup)
-            if column == SPEEDUP and isinstance(value, float):
-                css = "num loses" if value < 1 else "num wins"
-                cells.append(f'<td class="{css}" data-sort="{value!r}">{esc(format_ratio(value))}</td>')
-            else:
-                cells.append(_cell(value))
+            cells.append(_ratio_cell(value) if column == SPEEDUP and isinstance(value, float) else _cell(value))
         body.append(("" if row.ok else "notok", cells))
     return "\n".join(
         [
