@@ -663,6 +663,8 @@ def test_cli_combines_shards_and_labels_an_unfinished_one_partial(tmp_path: Path
     assert report_main([str(first), str(second), "-o", str(out)]) == 0
     text, page = parse_page(out / REPORT_HTML)
     assert sorted(table_case_ids(page)) == sorted(row.case_id for row in rows)
+    header = text[: text.index("<h2")]
+    assert f"{first}, {second}" in header
     assert "partial" in page.ids
     assert "No reference run" in text
 

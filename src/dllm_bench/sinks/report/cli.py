@@ -1,4 +1,4 @@
-"""`dllm-bench-report`: write the report of existing run directories.
+"""Write the report (report.html and its figures) of existing run directories.
 
     dllm-bench-report RUN_DIR [RUN_DIR ...] [--reference RUN_DIR] [--gate RULE ...] [-o OUT]
 
@@ -171,7 +171,9 @@ def output_directory(requested: Path | None, run_dirs: Sequence[Path]) -> Path:
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(
         prog="dllm-bench-report",
-        description=(__doc__ or "").split("\n\n", 2)[2].replace("\n", " ").strip(),
+        description=" ".join(
+            paragraph.replace("\n", " ").strip() for i, paragraph in enumerate((__doc__ or "").split("\n\n")) if i != 1
+        ),
     )
     result.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run (or shard) directories")
     result.add_argument("--reference", type=Path, metavar="RUN_DIR", help="compare with this run")
@@ -211,6 +213,7 @@ def run(args: argparse.Namespace) -> Path:
         reference_name=reference.name if reference else None,
         gate_rules=rules,
         partial=is_partial(current.manifest),
+        source=current.name,
     )
 
 

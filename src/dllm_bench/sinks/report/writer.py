@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dllm_bench.rows import COLUMN_DOCS, Row
-from dllm_bench.sinks.atomic import StorageError, storage_error, write_bytes_atomic, write_text_atomic
+from dllm_bench.sinks.atomic import storage_error, write_bytes_atomic, write_text_atomic
 from dllm_bench.sinks.csvfiles import FINAL_CSV, PARTIAL_CSV
 from dllm_bench.sinks.gate import GateRule
 from dllm_bench.sinks.manifest import MANIFEST
@@ -147,6 +147,7 @@ def render_report(
     reference_name: str | None = None,
     gate_rules: Sequence[GateRule] | None = None,
     partial: bool,
+    source: str | None = None,
 ) -> tuple[str, list[Image]]:
     """The page's HTML and its figures, without writing anything."""
     rows = list(rows)
@@ -162,7 +163,7 @@ def render_report(
             "header",
             lambda: page.header_html(
                 title,
-                source=str(output_dir),
+                source=source or str(output_dir),
                 manifest=manifest,
                 rows=rows,
                 partial=partial,
@@ -205,6 +206,7 @@ def write_report(
     reference_name: str | None = None,
     gate_rules: Sequence[GateRule] | None = None,
     partial: bool,
+    source: str | None = None,
 ) -> Path:
     """Write `output_dir/report.html` and `output_dir/report_figures/*.png`; returns the page's path.
 
@@ -213,6 +215,7 @@ def write_report(
     `reference_rows`: the reference run's rows (the gate's `--gate-reference`), for the comparison;
     `reference_name` names it (default: the manifest's gate reference). `gate_rules`: drawn as
     limits, and their failures named as regressions. `partial`: label the page as a partial run.
+    `source`: where the rows came from, for the page's header (default: `output_dir`).
 
     The figures are written first, then the page, each through a temporary file and a rename.
     Bad data never raises; a file that cannot be written raises StorageError.
@@ -225,6 +228,7 @@ def write_report(
         reference_name=reference_name,
         gate_rules=gate_rules,
         partial=partial,
+        source=source,
     )
     _write_figures(output_dir / FIGURES_DIR, images)
     path = output_dir / REPORT_HTML
@@ -233,4 +237,4 @@ def write_report(
     return path
 
 
-__all__ = ["FIGURES_DIR", "REPORT_HTML", "StorageError", "render_report", "write_report"]
+__all__ = ["FIGURES_DIR", "REPORT_HTML", "render_report", "write_report"]
