@@ -1,0 +1,477 @@
+"""The report's data preparation: pure functions from typed rows to what the page shows.
+
+No plotting and no HTML here, so every figure's numbers can be unit-tested: strategy labels,
+the speed/quality trade-off with its Pareto front, the speedup of each LLaDA case over the
+AR case of the same task and shape, and the per-case changes against a reference run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dllm_bench.rows import Row, number
+from dllm_bench.sinks.csvfiles import latest_per_case
+from dllm_bench.sinks.gate import GateRule, check_gate, percent_change
+
+LLADA = "llada"
+BASELINE = "baseline"
+DEFAULT_TASK = "random"
+
+# Quality measures in order of preference: accuracy where a task scores answers, else the
+# agreement with the exact decode (the random task has no answers to score).
+QUALITY_METRICS = ("accuracy", "agreement_exact")
+
+# A change is shown in percent of the reference value, except for shares in 0..1 whose change
+# reads better in percentage points.
+POINTS_METRICS = frozenset({"accuracy", "agreement_exact"})
+PERCENT = "%"
+POINTS = "pp"
+
+Shape = tuple[int | None, int | None, int | None]
+
+
+def task_of(row: Row) -> str:
+    """The row's task; rows written before the task column existed are the random task."""
+    return row.task or DEFAULT_TASK
+
+
+def shape_of(row: Row) -> Shape:
+    return (row.prompt_length, row.gen_length, row.batch_size)
+
+
+def _number(value: float) -> str:
+    """`0.9` -> `0.9`, `2.0` -> `2`, as case ids write numbers."""
+    return f"{value:g}"
+
+
+def strategy_label(row: Row) -> str:
+    """A LLaDA row's decoding settings as case ids write them: `s<steps>-k<block_length>`, then
+    only what differs from the defaults: `c<cache>`, `th<threshold>`, `f<factor>`, `random`,
+    `t<temperature>`, `cfg<cfg_scale>`. Other kinds are labelled `AR`."""
+    if row.kind != LLADA:
+        return "AR"
+    parts: list[str] = []
+    if row.steps is not None:
+        parts.append(f"s{row.steps}")
+    if row.block_length is not None:
+        parts.append(f"k{row.block_length}")
+    if row.cache and row.cache != "none":
+        parts.append(f"c{row.cache}")
+    if row.threshold is not None:
+        parts.append(f"th{_number(row.threshold)}")
+    if row.factor is not None:
+        parts.append(f"f{_number(row.factor)}")
+    if row.remasking == "random":
+        parts.append("random")
+    if row.temperature:
+        parts.append(f"t{_number(row.temperature)}")
+    if row.cfg_scale:
+        parts.append(f"cfg{_number(row.cfg_scale)}")
+    return "-".join(parts) or "default"
+
+
+@dataclass(frozen=True)
+class Labeller:
+    """Series labels: the strategy, prefixed with the model's name when a run has several
+    models of that kind (`AR` becomes the AR model's name then)."""
+
+    several_llada: bool
+    several_baselines: bool
+
+    @classmethod
+    def for_rows(cls, rows: Iterable[Row]) -> Labeller:
+        models: dict[str, set[str]] = {LLADA: set(), BASELINE: set()}
+        for row in rows:
+            if row.kind in models and row.model:
+                models[row.kind].add(row.model)
+        return cls(several_llada=len(models[LLADA]) > 1, several_baselines=len(models[BASELINE]) > 1)
+
+    def label(self, row: Row) -> str:
+        if row.kind == LLADA:
+            strategy = strategy_label(row)
+            return f"{row.model} {strategy}" if self.several_llada else strategy
+        if self.several_baselines:
+            return f"AR {row.model}"
+        return "AR"
+
+
+def positive(row: Row, name: str) -> float | None:
+    """A numeric column's value when it is finite and above 0 (a speed, a latency), else None."""
+    value = number(row, name)
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def ok_rows(rows: Iterable[Row]) -> list[Row]:
+    return [row for row in rows if row.ok]
+
+
+def failed_rows(rows: Iterable[Row]) -> list[Row]:
+    return [row for row in rows if not row.ok]
+
+
+# --- speed against quality ----------------------------------------------------------------
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates larger being better
+    (a point dominates another when it is at least as good in both and better in one).
+    Equal points are all on the front. Sorted by the first coordinate."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any((ox >= x and oy >= y) and (ox > x or oy > y) for ox, oy in points)
+    ]
+    return sorted(front, key=lambda i: (points[i][0], points[i][1]))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One case on the trade-off plot."""
+
+    case_id: str
+    label: str
+    speed: float
+    quality: float | None
+    quality_se: float | None = None
+    on_front: bool = False
+
+
+@dataclass(frozen=True)
+class TradeOff:
+    """The cases of one task and shape: speed (tokens_per_s) against `metric`."""
+
+    task: str
+    shape: Shape
+    metric: str | None
+    llada: list[Point]
+    baselines: list[Point]
+
+    @property
+    def title(self) -> str:
+        return f"{self.task} {shape_name(self.shape)}"
+
+
+def shape_name(shape: Shape) -> str:
+    prompt_length, gen_length, batch_size = shape
+    return f"p{prompt_length} g{gen_length} b{batch_size}"
+
+
+def quality_metric(rows: Iterable[Row]) -> str | None:
+    """The first of QUALITY_METRICS that any of the rows has; None when none has one."""
+    held = list(rows)
+    for metric in QUALITY_METRICS:
+        if any(getattr(row, metric) is not None for row in held):
+            return metric
+    return None
+
+
+def _point(row: Row, label: str, metric: str | None) -> Point | None:
+    speed = positive(row, "tokens_per_s")
+    if speed is None:
+        return None
+    quality = number(row, metric) if metric else None
+    if quality is not None and not math.isfinite(quality):
+        quality = None
+    se = number(row, "accuracy_se") if metric == "accuracy" else None
+    return Point(case_id=row.case_id, label=label, speed=speed, quality=quality, quality_se=se)
+
+
+def _mark_front(points: list[Point]) -> list[Point]:
+    scored = [i for i, p in enumerate(points) if p.quality is not None]
+    coordinates = [(points[i].speed, points[i].quality or 0.0) for i in scored]
+    front = {scored[j] for j in pareto_front(coordinates)}
+    return [dataclasses.replace(p, on_front=i in front) for i, p in enumerate(points)]
+
+
+def _group_key(row: Row) -> tuple[str, Shape]:
+    return (task_of(row), shape_of(row))
+
+
+def _sort_key(key: tuple[str, Shape]) -> tuple[str, tuple[int, ...]]:
+    task, shape = key
+    return (task, tuple(-1 if value is None else value for value in shape))
+
+
+def trade_offs(rows: Sequence[Row]) -> list[TradeOff]:
+    """One TradeOff per task and shape that has an ok LLaDA row with a speed, in task, then shape order.
+
+    The quality metric is chosen per task (accuracy if any of its rows has one, else
+    agreement_exact, else None); the Pareto front is over the LLaDA points with a quality value.
+    """
+    labeller = Labeller.for_rows(rows)
+    groups: dict[tuple[str, Shape], list[Row]] = {}
+    for row in ok_rows(rows):
+        groups.setdefault(_group_key(row), []).append(row)
+    metric_of_task = {
+        task: quality_metric(row for row in ok_rows(rows) if task_of(row) == task)
+        for task in {task for task, _ in groups}
+    }
+    result: list[TradeOff] = []
+    for key in sorted(groups, key=_sort_key):
+        task, shape = key
+        metric = metric_of_task[task]
+        llada = [p for r in groups[key] if r.kind == LLADA and (p := _point(r, labeller.label(r), metric))]
+        if not llada:
+            continue
+        baselines = [p for r in groups[key] if r.kind == BASELINE and (p := _point(r, labeller.label(r), metric))]
+        result.append(TradeOff(task=task, shape=shape, metric=metric, llada=_mark_front(llada), baselines=baselines))
+    return result
+
+
+# --- speedup against AR ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """A LLaDA case's tokens_per_s over the AR case's of the same task and shape. `label` is the
+    LLaDA series label; `setting` adds the AR model's name when the run has several."""
+
+    label: str
+    setting: str
+    llada_case: str
+    baseline_case: str
+    baseline_model: str
+    task: str
+    shape: Shape
+    ratio: float
+
+    @property
+    def llada_loses(self) -> bool:
+        return self.ratio < 1.0
+
+
+def speedups(rows: Sequence[Row]) -> list[Speedup]:
+    """Every ok LLaDA row paired with every ok AR (`baseline` kind) row of the same task,
+    prompt_length, gen_length and batch_size; rows without a positive tokens_per_s are left out.
+    With several AR models the setting names the AR model it is compared with."""
+    labeller = Labeller.for_rows(rows)
+    baselines: dict[tuple[str, Shape], list[tuple[Row, float]]] = {}
+    for row in ok_rows(rows):
+        speed = positive(row, "tokens_per_s")
+        if row.kind == BASELINE and speed is not None:
+            baselines.setdefault(_group_key(row), []).append((row, speed))
+    result: list[Speedup] = []
+    for row in ok_rows(rows):
+        speed = positive(row, "tokens_per_s")
+        if row.kind != LLADA or speed is None:
+            continue
+        for baseline, baseline_speed in baselines.get(_group_key(row), []):
+            label = labeller.label(row)
+            result.append(
+                Speedup(
+                    label=label,
+                    setting=f"{label} vs {baseline.model}" if labeller.several_baselines else label,
+                    llada_case=row.case_id,
+                    baseline_case=baseline.case_id,
+                    baseline_model=baseline.model or "",
+                    task=task_of(row),
+                    shape=shape_of(row),
+                    ratio=speed / baseline_speed,
+                )
+            )
+    return result
+
+
+def shapes_without_baseline(rows: Sequence[Row]) -> list[tuple[str, Shape]]:
+    """Task and shape of the ok LLaDA rows that have no AR case to compare with (none ok, or
+    none with a tokens_per_s), sorted."""
+    paired = {(item.task, item.shape) for item in speedups(rows)}
+    missing = {_group_key(r) for r in ok_rows(rows) if r.kind == LLADA} - paired
+    return sorted(missing, key=_sort_key)
+
+
+# --- latency, NFE and tokens per forward ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One ok case's latency and forward passes."""
+
+    case_id: str
+    label: str
+    kind: str
+    batch_size: int | None
+    latency_s: float
+    nfe: float
+
+
+def costs(rows: Sequence[Row]) -> list[Cost]:
+    """The ok rows that have both latency_mean_s and nfe."""
+    labeller = Labeller.for_rows(rows)
+    result: list[Cost] = []
+    for row in ok_rows(rows):
+        latency, nfe = positive(row, "latency_mean_s"), positive(row, "nfe")
+        if latency is not None and nfe is not None:
+            result.append(Cost(row.case_id, labeller.label(row), row.kind or "", row.batch_size, latency, nfe))
+    return result
+
+
+def tokens_per_forward(row: Row) -> float | None:
+    """The tokens_per_forward column, or gen_length / nfe (its definition) where it is empty."""
+    if row.tokens_per_forward is not None:
+        return positive(row, "tokens_per_forward")
+    nfe = positive(row, "nfe")
+    if row.gen_length is None or nfe is None:
+        return None
+    return row.gen_length / nfe
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Values of one label: their mean, minimum and maximum."""
+
+    label: str
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+
+def tokens_per_forward_by_strategy(rows: Sequence[Row]) -> list[Spread]:
+    """tokens_per_forward of the ok rows, grouped by series label (LLaDA strategies first, then AR)."""
+    labeller = Labeller.for_rows(rows)
+    groups: dict[tuple[bool, str], list[float]] = {}
+    for row in ok_rows(rows):
+        value = tokens_per_forward(row)
+        if value is not None:
+            groups.setdefault((row.kind != LLADA, labeller.label(row)), []).append(value)
+    return [Spread(label, tuple(groups[(ar, label)])) for ar, label in sorted(groups)]
+
+
+# --- comparison with a reference run -------------------------------------------------------
+
+
+def unit_of(metric: str, rules: Sequence[GateRule] = ()) -> str:
+    """How a metric's change is shown: in the unit of a gate rule on it (`pp` when its spec
+    ends with pp), else in percentage points for shares (accuracy) and percent for the rest."""
+    for rule in rules:
+        if rule.metric == metric:
+            return POINTS if rule.spec().endswith(POINTS) else PERCENT
+    return POINTS if metric in POINTS_METRICS else PERCENT
+
+
+def change_in(unit: str, before: float, current: float) -> float:
+    """The change from before to current: percent of before, or points (shares x 100)."""
+    if unit == POINTS:
+        return (current - before) * 100.0
+    return percent_change(before, current)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One case's change of one metric against the reference run."""
+
+    case_id: str
+    metric: str
+    unit: str
+    reference: float
+    current: float
+    change: float
+    regression: bool = False
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """This run against a reference run, cases matched by their full parameter set."""
+
+    metrics: list[str]
+    units: dict[str, str]
+    changes: list[Change]
+    rules: list[GateRule]
+    regressions: list[str]
+    gate_problem: str
+    new_cases: list[str] = field(default_factory=list)
+    missing_cases: list[str] = field(default_factory=list)
+    not_ok: list[str] = field(default_factory=list)
+
+    @property
+    def matched(self) -> int:
+        return len({change.case_id for change in self.changes})
+
+    def of(self, metric: str) -> list[Change]:
+        return [change for change in self.changes if change.metric == metric]
+
+    def limit(self, metric: str) -> list[float]:
+        """The gate's limits on `metric`, in its unit."""
+        return [rule.change_pct for rule in self.rules if rule.metric == metric]
+
+
+def comparison_metrics(rows: Sequence[Row], reference_rows: Sequence[Row], rules: Sequence[GateRule]) -> list[str]:
+    """tokens_per_s, accuracy when both runs have it, then every gated metric, without repeats."""
+    metrics = ["tokens_per_s"]
+    if any(r.accuracy is not None for r in rows) and any(r.accuracy is not None for r in reference_rows):
+        metrics.append("accuracy")
+    metrics += [rule.metric for rule in rules]
+    return list(dict.fromkeys(metrics))
+
+
+def compare(rows: Sequence[Row], reference_rows: Sequence[Row], rules: Sequence[GateRule] = ()) -> Comparison:
+    """The per-case changes of this run's ok rows against the reference run's ok rows of the
+    same case (`Row.key`, as the gate matches them; the latest row of each case on each side).
+
+    Regressions are the gate's own failures (`check_gate` with `rules`); without rules nothing
+    is called a regression.
+    """
+    current = latest_per_case(rows)
+    # The reference row of a case is its latest ok row (the one the gate compares), else its latest row.
+    reference = {row.key(): row for row in latest_per_case(reference_rows)}
+    reference.update((row.key(), row) for row in latest_per_case(ok_rows(reference_rows)))
+    metrics = comparison_metrics(current, list(reference.values()), rules)
+    units = {metric: unit_of(metric, rules) for metric in metrics}
+    gate = check_gate(current, reference_rows, rules) if rules else None
+    failing = {(f.case_id, f.metric) for f in gate.failures} if gate else set()
+    changes: list[Change] = []
+    new_cases: list[str] = []
+    not_ok: list[str] = []
+    for row in current:
+        before = reference.pop(row.key(), None)
+        if before is None:
+            new_cases.append(row.case_id)
+            continue
+        if not (row.ok and before.ok):
+            not_ok.append(f"{row.case_id} ({before.status} -> {row.status})")
+            continue
+        for metric in metrics:
+            old, new = number(before, metric), number(row, metric)
+            if old is None or new is None:
+                continue
+            delta = change_in(units[metric], old, new)
+            if not math.isfinite(delta):
+                continue
+            changes.append(
+                Change(row.case_id, metric, units[metric], old, new, delta, (row.case_id, metric) in failing)
+            )
+    return Comparison(
+        metrics=metrics,
+        units=units,
+        changes=changes,
+        rules=list(rules),
+        regressions=[failure.describe() for failure in gate.failures] if gate else [],
+        gate_problem=gate.problem(allow_missing=False) if gate else "",
+        new_cases=new_cases,
+        missing_cases=[row.case_id for row in reference.values()],
+        not_ok=not_ok,
+    )
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def speedup_by_case(rows: Sequence[Row]) -> Mapping[str, float]:
+    """Each LLaDA case's speedup over AR; with several AR models, the one of the first."""
+    result: dict[str, float] = {}
+    for item in speedups(rows):
+        result.setdefault(item.llada_case, item.ratio)
+    return result
