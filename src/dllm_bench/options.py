@@ -115,6 +115,11 @@ SPECS: tuple[OptionSpec, ...] = (
         env="DLLM_BENCH_CACHE",
     ),
     OptionSpec(
+        "--no-report",
+        "flag",
+        "do not write report.html and report_figures/ at the end of the run (default: write them)",
+    ),
+    OptionSpec(
         "--threads",
         "int",
         "torch CPU threads per process for CPU runs (default: the grid's threads "
@@ -141,6 +146,7 @@ class Options:
     model_cache_dir: Path
     threads: int | None
     given: tuple[str, ...]
+    report: bool = True
 
     @property
     def asked(self) -> bool:
@@ -219,6 +225,7 @@ def read(config: pytest.Config, env: Mapping[str, str] | None = None) -> Options
         model_cache_dir=Path(str(cache) if cache else str(DEFAULT_CACHE)).expanduser(),
         threads=_int(next(s for s in SPECS if s.flag == "--threads"), raw["dllm_threads"]),
         given=given,
+        report=not raw["dllm_no_report"],
     )
 
 

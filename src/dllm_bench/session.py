@@ -10,7 +10,9 @@ measure (their rows travel to the controller in the test reports).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import importlib
 import logging
 import os
 import shlex
@@ -458,6 +460,7 @@ class RunSession:
             if not self.gate.passed:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self._write_manifest(exitstatus)
+        self._write_report()
         if self.storage_error and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -487,6 +490,30 @@ class RunSession:
         self.gate.result = check_gate(rows, self.gate.baseline, self.gate.rules)
         for line in self.gate_lines():
             (LOG.error if "FAILED" in line else LOG.info)(line)
+
+    def _write_report(self) -> None:
+        """report.html and its figures (unless --no-report). Bad data never fails the run;
+        a report that cannot be written is logged."""
+        if not self.options.report or self.manifest is None or self.storage_error:
+            return
+        # Imported here, not at the top: the report draws with matplotlib (about half a second
+        # to import), which a run with --no-report should not pay.
+        report = importlib.import_module("dllm_bench.sinks.report")
+        gate = self.gate
+        try:
+            page = report.write_report(
+                self.output_dir,
+                self.final_rows,
+                dataclasses.asdict(self.manifest),
+                reference_rows=gate.baseline if gate is not None else None,
+                reference_name=str(gate.reference_path) if gate is not None else None,
+                gate_rules=gate.rules if gate is not None else None,
+                partial=self.manifest.status == "interrupted" or self.counts.not_run > 0,
+            )
+        except StorageError as exc:
+            LOG.error("%s; the report was not written", exc)
+            return
+        LOG.info("report: %s", page)
 
     def _write_manifest(self, exitstatus: int) -> None:
         manifest = self.manifest

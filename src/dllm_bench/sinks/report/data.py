@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dllm_bench.backends.llada import LladaSettings
 from dllm_bench.rows import Row, number
 from dllm_bench.sinks.csvfiles import latest_per_case
 from dllm_bench.sinks.gate import GateRule, check_gate, percent_change
@@ -42,35 +43,12 @@ def shape_of(row: Row) -> Shape:
     return (row.prompt_length, row.gen_length, row.batch_size)
 
 
-def _number(value: float) -> str:
-    """`0.9` -> `0.9`, `2.0` -> `2`, as case ids write numbers."""
-    return f"{value:g}"
-
-
 def strategy_label(row: Row) -> str:
-    """A LLaDA row's decoding settings as case ids write them: `s<steps>-k<block_length>`, then
-    only what differs from the defaults: `c<cache>`, `th<threshold>`, `f<factor>`, `random`,
-    `t<temperature>`, `cfg<cfg_scale>`. Other kinds are labelled `AR`."""
+    """A LLaDA row's decoding settings as its case id writes them (the LLaDA backend's
+    `id_parts`, e.g. `s64-k32-cdual`, `k32-cdual-th0.9`). Other kinds are labelled `AR`."""
     if row.kind != LLADA:
         return "AR"
-    parts: list[str] = []
-    if row.steps is not None:
-        parts.append(f"s{row.steps}")
-    if row.block_length is not None:
-        parts.append(f"k{row.block_length}")
-    if row.cache and row.cache != "none":
-        parts.append(f"c{row.cache}")
-    if row.threshold is not None:
-        parts.append(f"th{_number(row.threshold)}")
-    if row.factor is not None:
-        parts.append(f"f{_number(row.factor)}")
-    if row.remasking == "random":
-        parts.append("random")
-    if row.temperature:
-        parts.append(f"t{_number(row.temperature)}")
-    if row.cfg_scale:
-        parts.append(f"cfg{_number(row.cfg_scale)}")
-    return "-".join(parts) or "default"
+    return "-".join(LladaSettings.from_columns(row.to_record()).id_parts()) or "default"
 
 
 @dataclass(frozen=True)
@@ -405,7 +383,7 @@ class Comparison:
 
     def limit(self, metric: str) -> list[float]:
         """The gate's limits on `metric`, in its unit."""
-        return [rule.change_pct for rule in self.rules if rule.metric == metric]
+        return [rule.change for rule in self.rules if rule.metric == metric]
 
 
 def comparison_metrics(rows: Sequence[Row], reference_rows: Sequence[Row], rules: Sequence[GateRule]) -> list[str]:
