@@ -246,7 +246,6 @@ def test_ci_gpu_config_has_the_table_1_axes() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the llada.cache and llada.threshold keys arrive with issue 12")
 def test_ci_gpu_config_is_accepted_by_the_suite() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks", "--config", "config/ci-gpu.yaml", "--collect-only", "-q"],

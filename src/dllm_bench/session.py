@@ -138,8 +138,8 @@ class RunSession:
         role = "worker" if hasattr(config, "workerinput") else ("controller" if _xdist_on(config) else "serial")
         try:
             bench_config = load_config(_config_path(config, options))
-            if role != "worker":
-                check_runnable(bench_config)
+            if role != "worker" and not config.option.collectonly:
+                check_runnable(bench_config)  # what only this machine can tell; listing cases works anywhere
             gate = _gate(options)
             shard = parse_shard(options.shard) if options.shard else None
         except (ConfigError, GateError, ValueError) as exc:
