@@ -26,6 +26,7 @@ from dllm_bench.sampling.llada import (
     CACHE_MODES,
     LLADA_DEFAULTS,
     DecodingError,
+    _first_argmax,
     forward_pass_bounds,
     generate,
     num_forward_passes,
@@ -567,3 +568,14 @@ def test_defaults_are_the_signature_defaults() -> None:
         "low_confidence", 0.0, 0.0)
     with pytest.raises(AttributeError):
         LLADA_DEFAULTS.cache = "dual"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("vocab", [1, 96, 97, 2048, 32000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_first_argmax_is_argmax(vocab: int, dtype: torch.dtype) -> None:
+    # Values from {0..4}: many ties, so "the first maximum" is exercised; NaN and all -inf rows too.
+    scores = torch.randint(0, 5, (40, vocab), generator=torch.Generator().manual_seed(vocab)).to(dtype)
+    scores[1, vocab // 2] = float("nan")
+    scores[2, :] = float("-inf")
+    scores[3, 0] = scores[3, -1] = float("nan")
+    assert torch.equal(_first_argmax(scores), torch.argmax(scores, dim=-1))

@@ -412,8 +412,24 @@ def _gumbel_argmax(logits: torch.Tensor, noise: torch.Tensor | None, temperature
     Modifies ``logits`` in place when ``noise`` is None (the callers pass a copy).
     """
     scores = logits if noise is None else logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature
-    # torch.max returns the first maximal index, like argmax, and is faster.
-    return torch.max(_exclude_mask_id(scores, mask_id), dim=-1).indices
+    return _first_argmax(_exclude_mask_id(scores, mask_id))
+
+
+def _first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """Per row of ``scores`` (N, V), the index of the first maximum: ``torch.argmax(scores, -1)``, faster.
+
+    The rows are cut into chunks of up to 64 columns: the vectorised ``amax`` finds each
+    chunk's maximum, ``argmax`` the first chunk holding the row's maximum, and ``argmax``
+    within that chunk the first position (NaN counts as the maximum, as in argmax).
+    """
+    rows, vocab = scores.shape
+    width = next(c for c in (64, 32, 16, 8, 4, 2, 1) if vocab % c == 0)
+    if width == 1 or rows == 0:
+        return torch.argmax(scores, dim=-1)
+    chunks = scores.contiguous().view(rows, vocab // width, width)
+    chunk = chunks.amax(dim=-1).argmax(dim=-1)
+    inner = chunks[torch.arange(rows, device=scores.device), chunk].argmax(dim=-1)
+    return chunk * width + inner
 
 
 # --------------------------------------------------------------------------- exact mode
