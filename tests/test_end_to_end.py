@@ -173,18 +173,24 @@ def test_resume_matches_cases_by_every_parameter_and_keeps_every_row(
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
-def test_result_files_respect_the_umask(bench_project: pytest.Pytester, umask: int) -> None:
+def test_result_and_cache_files_respect_the_umask(bench_project: pytest.Pytester, umask: int) -> None:
     path = write_config(bench_project.path, tiny_config())
+    cache = bench_project.path / "cache"
     old = os.umask(umask)
     try:
-        result = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "out", "-k", "s4")
+        result = bench_project.runpytest_subprocess(
+            "--config", str(path), "--output-dir", "out", "-k", "s4", "--model-cache-dir", str(cache)
+        )
     finally:
         os.umask(old)
     assert result.ret == pytest.ExitCode.OK
     out = bench_project.path / "out"
     expected = 0o666 & ~umask
-    for name in (FINAL, PARTIAL, "run_manifest.json", "benchmark.log"):
+    for name in (FINAL, PARTIAL, "run_manifest.json", "benchmark.log", "report.html"):
         assert stat.S_IMODE((out / name).stat().st_mode) == expected, name
+    written = [f for folder in cache.iterdir() if folder.is_dir() for f in folder.iterdir()]
+    assert {f.name for f in written} >= {"model.safetensors", "config.json", "dllm-bench-cache.json"}
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in written} == {f.name: expected for f in written}
 
 
 def test_without_pytests_logging_plugin_the_suite_logs_to_its_file(bench_project: pytest.Pytester) -> None:

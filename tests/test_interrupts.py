@@ -187,6 +187,19 @@ def test_double_ctrl_c_while_saving_still_saves_without_a_traceback(project: Pat
     _resume_to_completion(project)
 
 
+@pytest.mark.parametrize("gap_s", [0.0, 0.05, 0.3])
+def test_double_ctrl_c_mid_run_saves_and_says_interrupted(project: Path, gap_s: float) -> None:
+    """The second Ctrl+C lands while pytest reports the first one (before the save starts)."""
+    proc, out = _run_until_rows(project, 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(gap_s)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    assert finish(proc) == pytest.ExitCode.INTERRUPTED
+    _assert_saved(out, "SIGINT")
+    assert "Traceback" not in output_of(project)
+
+
 def test_a_signal_while_a_finished_run_saves_changes_nothing(project: Path) -> None:
     (project / "conftest.py").write_text(SLOW_FINISH_CONFTEST)
     write_config(project, tiny_config())

@@ -95,7 +95,10 @@ def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_pr
     # The last line says the gate failed, after pytest's green "passed" line.
     last = [line for line in slow.stdout.lines if line.strip()][-1]
     assert last.startswith("dllm-bench: GATE FAILED"), last
-    record = manifest(bench_project.path / "slow")["gate"]
+    slow_manifest = manifest(bench_project.path / "slow")
+    assert slow_manifest["status"] == "failed"
+    assert slow_manifest["reason"] == "gate failed: 1 case/metric pairs regressed (tokens_per_s)"
+    record = slow_manifest["gate"]
     assert record["passed"] is False
     assert [f["case_id"] for f in record["failures"]] == ["tiny-llada-p8-g8-b2-s4-k8"]
     assert record["failures"][0]["metric"] == "tokens_per_s"

@@ -62,6 +62,7 @@ class RunHooks:
         except UsageProblem as exc:
             raise pytest.UsageError(str(exc)) from None
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.session.interrupted(excinfo)
 

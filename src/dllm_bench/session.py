@@ -65,7 +65,7 @@ from dllm_bench.sinks.csvfiles import (
     write_rows_atomic,
 )
 from dllm_bench.sinks.gate import GateError, GateResult, GateRule, check_gate, load_reference, parse_gate
-from dllm_bench.sinks.manifest import Counts, Manifest, final_status, utc_now, write_manifest
+from dllm_bench.sinks.manifest import MANIFEST, Counts, Manifest, final_status, utc_now, write_manifest
 from dllm_bench.sinks.quality import with_aup
 from dllm_bench.sinks.summary import aup_lines, relative_speed_lines, summary_lines
 from dllm_bench.spec import ConfigError
@@ -114,6 +114,8 @@ class RunSession:
     storage_error: str = ""
     final_rows: list[Row] = field(default_factory=list)
     rows_written: int = 0
+    final_written: bool = False
+    unsaved: set[str] = field(default_factory=set)
     lock: RunDirLock | None = None
     created_dir: bool = False
     pytest_session: pytest.Session | None = None
@@ -362,11 +364,13 @@ class RunSession:
         if self.role == "worker":
             return
         row = row_of(report)
-        if row is not None and report.when in ("call", "setup"):
-            self.record_row(row)
+        if row is not None and report.when in ("call", "setup") and not self.record_row(row):
+            self.unsaved.add(report.nodeid)
         if not self.is_case(report.nodeid):
             return
         if report.when == "call" or (report.when == "setup" and not report.passed):
+            if report.nodeid in self.unsaved:
+                return  # its row is not on disk: not counted, so it is not run (resume runs it)
             self.case_finished(report.outcome)
             if report.skipped:
                 LOG.info("case %s: skipped: %s", report.nodeid, _skip_reason(report))
@@ -378,20 +382,23 @@ class RunSession:
             if reason:
                 pytest_session.shouldstop = reason
 
-    def record_row(self, row: Row) -> None:
-        """Append a finished case's row durably; a storage failure stops the run cleanly."""
+    def record_row(self, row: Row) -> bool:
+        """Append a finished case's row durably; a storage failure stops the run cleanly.
+        Returns whether the row was saved."""
         if self.storage_error:
             LOG.error("case %s: its row was not written (%s); resume to run it again", row.case_id, self.storage_error)
-            return
+            return False
         try:
             append_row(self.output_dir / PARTIAL_CSV, row)
             self.rows_written += 1
+            return True
         except StorageError as exc:
             self.storage_error = str(exc)
             LOG.error(
                 "%s; the row of case %s is not saved. Stopping after this case: free space and resume", exc, row.case_id
             )
             self.request_stop("storage")
+            return False
 
     def case_finished(self, outcome: str) -> None:
         """Count a case once by its outcome (passed, failed, skipped)."""
@@ -478,6 +485,7 @@ class RunSession:
         self.final_rows = [row for row in rows if row.key() in grid]
         try:
             write_rows_atomic(self.output_dir / FINAL_CSV, rows)
+            self.final_written = True
         except StorageError as exc:
             self.storage_error = self.storage_error or str(exc)
             LOG.error("%s; the finished rows are in %s", exc, self.output_dir / PARTIAL_CSV)
@@ -520,13 +528,14 @@ class RunSession:
         assert manifest is not None
         self.counts.settle()
         interrupted = self.interrupted_by is not None or exitstatus == pytest.ExitCode.INTERRUPTED
+        reason = self.storage_error or self._gate_reason()
         manifest.status = final_status(
-            interrupted=interrupted and not self.storage_error,
-            failed=self.counts.failed,
+            interrupted=interrupted,
+            counts=self.counts,
             internal_error=exitstatus == pytest.ExitCode.INTERNAL_ERROR,
-            reason=self.storage_error,
+            reason=reason,
         )
-        manifest.reason = self.storage_error
+        manifest.reason = reason
         manifest.signal = self.interrupted_by
         manifest.ended_at = utc_now()
         if self.gate is not None and self.gate.result is not None:
@@ -536,7 +545,19 @@ class RunSession:
         try:
             write_manifest(self.output_dir, manifest)
         except StorageError as exc:
-            LOG.error("%s; the manifest still says 'running'", exc)
+            left = "the manifest still says 'running'" if (self.output_dir / MANIFEST).exists() else "no manifest"
+            LOG.error("%s; %s", exc, left)
+
+    def _gate_reason(self) -> str:
+        """Why the gate failed the run ("" when there is no gate or it passed)."""
+        if self.gate is None or self.gate.result is None or self.gate.passed:
+            return ""
+        result = self.gate.result
+        problem = result.problem(allow_missing=self.gate.allow_missing)
+        if problem:
+            return f"gate: {problem}"
+        metrics = ", ".join(sorted({f.metric for f in result.failures}))
+        return f"gate failed: {len(result.failures)} case/metric pairs regressed ({metrics})"
 
     # --- reporting -----------------------------------------------------------------------
 
@@ -569,7 +590,7 @@ class RunSession:
             (
                 f"dllm-bench: {counts.ok} ok, {counts.failed} failed, {counts.skipped} skipped, "
                 f"{counts.not_run} not run, {counts.already_done} already done; "
-                f"results in {out / FINAL_CSV}, log {out / LOG_NAME}",
+                f"results in {out / (FINAL_CSV if self.final_written else PARTIAL_CSV)}, log {out / LOG_NAME}",
                 False,
             )
         )

@@ -3,9 +3,11 @@ signal interrupt the saving of results.
 
 While cases run, the first SIGTERM or SIGUSR2 asks for a stop after the running case; a
 second one interrupts at once (raised as KeyboardInterrupt, which pytest handles like
-Ctrl+C). Once the run saves its results (`defer`, from the first Ctrl+C or the end of the
-run on), SIGINT, SIGTERM and SIGUSR2 are only recorded and logged: the save finishes.
-`restore` puts the previous handlers back.
+Ctrl+C). Ctrl+C (SIGINT) interrupts at once, as Python's default handler does. From the
+moment a run is interrupted (the handler itself switches before it raises, so a second
+Ctrl+C while pytest reports the first is caught too) or starts to save its results,
+SIGINT, SIGTERM and SIGUSR2 are only recorded and logged: the save finishes. `restore`
+puts the previous handlers back.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class GracefulStop:
 
     def install(self) -> None:
         self._set(STOP_SIGNALS, self._handle)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._set((signal.SIGINT,), self._interrupt)
 
     def defer(self) -> None:
         """From now on, signals are recorded, not acted on: the results are being saved."""
@@ -61,7 +65,15 @@ class GracefulStop:
             self._request_stop(name)
             return
         LOG.warning("received %s again: interrupting now", name)
+        self.defer()
         raise KeyboardInterrupt(f"second stop signal ({name})")
+
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl+C: interrupt now, as Python's default handler, but from here on record
+        further signals instead of letting them break the save."""
+        self.received.append(signal.Signals(signum).name)
+        self.defer()
+        raise KeyboardInterrupt
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

@@ -34,6 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from dllm_bench.models.llada_hf import modeling_llada
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+from dllm_bench.sinks.atomic import current_umask, file_mode
 
 __all__ = [
     "CACHE_MANIFEST",
@@ -182,7 +183,9 @@ def _write_atomically(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the folder is a shared cache entry
+        # mkdtemp makes it private; the folder is a shared cache entry, readable as the umask
+        # allows but never writable by group or others (verify_folder refuses that).
+        os.chmod(tmp, 0o755 & ~current_umask())
         model = _random_model(build, seed=seed, dtype=dtype)
         n_params = sum(p.numel() for p in model.parameters())
         logger.info(
@@ -192,6 +195,8 @@ def _write_atomically(
         del model
         for source in extra_files:
             shutil.copyfile(source, tmp / source.name)
+        for written in tmp.iterdir():  # save_pretrained may write some files private (0600)
+            os.chmod(written, file_mode())
         write_cache_manifest(tmp)
         try:
             # Replaces ``folder`` only if it is missing or an empty directory.
@@ -227,7 +232,7 @@ def _refresh_files(folder: Path, sources: Sequence[Path]) -> None:
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
-                os.chmod(tmp_name, 0o644)
+                os.chmod(tmp_name, file_mode())
                 os.replace(tmp_name, target)
                 changed = True
             except BaseException:
@@ -265,7 +270,7 @@ def write_cache_manifest(folder: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp_name, 0o644)
+        os.chmod(tmp_name, file_mode())
         os.replace(tmp_name, folder / CACHE_MANIFEST)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -103,9 +103,14 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return data
 
 
-def final_status(*, interrupted: bool, failed: int, internal_error: bool, reason: str) -> str:
-    if interrupted:
+def final_status(*, interrupted: bool, counts: Counts, internal_error: bool, reason: str) -> str:
+    """`failed` when results could not be written or the gate failed (`reason`) or pytest
+    failed internally; else `interrupted` when a signal stopped the run or planned cases did
+    not run; else `failed` when a case failed; else `complete`."""
+    if reason or internal_error:
+        return "failed"
+    if interrupted or counts.not_run:
         return "interrupted"
-    if failed or internal_error or reason:
+    if counts.failed:
         return "failed"
     return "complete"
