@@ -231,9 +231,13 @@ def test_gpu_workflow_triggers_labels_and_scripts() -> None:
     assert triggers["workflow_dispatch"]["inputs"]["config"]["default"] == "config/ci-gpu.yaml"
     assert data["jobs"]["benchmark"]["runs-on"] == ["self-hosted", "gpu"]  # type: ignore[index]
     lines = run_lines(data)
-    assert lines == ["bash scripts/ci/install_gpu.sh", "bash scripts/gpu_check.sh", "bash scripts/ci/gpu_benchmark.sh"]
+    benchmark = "bash scripts/ci/gpu_benchmark.sh"
+    assert lines == ["bash scripts/ci/install_gpu.sh", "bash scripts/gpu_check.sh", benchmark, benchmark]
     for line in lines:
         assert (REPO / line.split()[1]).is_file(), line
+    quality = data["jobs"]["benchmark"]["steps"][-3]  # type: ignore[index]
+    assert quality["env"]["DLLM_CI_CONFIG"] == "config/default.yaml"
+    assert "accuracy:-2pp" in quality["env"]["DLLM_CI_GATE"]
 
 
 def test_ci_gpu_config_has_the_table_1_axes() -> None:

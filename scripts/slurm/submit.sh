@@ -80,7 +80,7 @@ shard_dirs=()
 for ((i = 0; i < SHARDS; i++)); do
     shard_dirs+=("$RUN_DIR/shard-$i")
 done
-merge_cmd=$(printf '%q ' "$PYTHON" -m dllm_bench.merge "$RUN_DIR/merged" "${shard_dirs[@]}")
+merge_cmd=$(printf '%q ' "$PYTHON" -m dllm_bench.sinks.merge "$RUN_DIR/merged" "${shard_dirs[@]}")
 # shellcheck disable=SC2206  # split on spaces on purpose
 merge_args=(${DLLM_MERGE_SBATCH_ARGS:-})
 merge_out=$(

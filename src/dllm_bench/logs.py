@@ -55,8 +55,31 @@ def own_file_handler(log_path: Path) -> logging.Handler:
     return handler
 
 
-def remove_handler(handler: logging.Handler | None) -> None:
+def remove_handler(handler: logging.Handler | None) -> str | None:
+    """Detach the suite's own file handler and close it; the error text if its last lines
+    could not be written (see `close_quietly`)."""
     if handler is None:
-        return
+        return None
     logging.getLogger(SUITE_LOGGER).removeHandler(handler)
-    handler.close()
+    return close_quietly(handler)
+
+
+def close_quietly(handler: logging.Handler) -> str | None:
+    """Close a handler whose final flush may fail (a full disk): the file is closed either
+    way; the error's text is returned for one line on the console instead of a traceback."""
+    try:
+        handler.close()
+    except OSError as error:
+        return str(error)
+    return None
+
+
+def close_pytest_log_file(config: pytest.Config) -> str | None:
+    """Close pytest's `log_file` handler before the logging plugin does, so that a write
+    error on its last flush (disk full) is reported in one line, not as an INTERNALERROR.
+    The plugin's own close then finds the handler closed and does nothing."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_file_handler", None)
+    if not isinstance(handler, logging.Handler):
+        return None
+    return close_quietly(handler)

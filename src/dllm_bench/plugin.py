@@ -160,6 +160,18 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         machine_info["dllm_bench"] = run.environment()
 
 
+@pytest.hookimpl(tryfirst=True, specname="pytest_unconfigure")
+def pytest_unconfigure_log_files(config: pytest.Config) -> None:
+    """Before pytest's logging plugin closes the log file: a failed last write is one line."""
+    run = _session(config)
+    if run is None:
+        return
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    for line in run.close_log_files():
+        if reporter is not None:
+            reporter.write_line(line, yellow=True)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     run = _session(config)

@@ -33,6 +33,7 @@ from dllm_bench.logs import (
     LOG_DATE_FORMAT,
     LOG_FORMAT,
     LOG_NAME,
+    close_pytest_log_file,
     configure_pytest_logging,
     has_logging_plugin,
     own_file_handler,
@@ -603,7 +604,10 @@ class RunSession:
         return lines
 
     def closing_line(self) -> str | None:
-        """The last line of the terminal output when the gate failed."""
+        """The last line of the terminal output, below pytest's "N passed", when results
+        could not be written or the gate failed."""
+        if self.storage_error and self.role != "worker":
+            return f"dllm-bench: RESULTS NOT FULLY SAVED: {self.storage_error}; exit code 1"
         if self.gate is None or self.gate.result is None or self.gate.passed:
             return None
         result = self.gate.result
@@ -622,15 +626,23 @@ class RunSession:
         if self.created_dir and self.output_dir.is_dir():
             remove_if_unused(self.output_dir)
 
+    def close_log_files(self) -> list[str]:
+        """pytest_unconfigure, before pytest's logging plugin: the run's log handlers closed;
+        a console line for each whose last records could not be written (a full disk)."""
+        errors = [close_pytest_log_file(self.pytest_config)]
+        for handler in self._log_handlers:
+            LOG.removeHandler(handler)
+            errors.append(remove_handler(handler))
+        self._log_handlers.clear()
+        prefix = "dllm-bench: the last log records were not written to the log file"
+        return [f"{prefix}: {error}" for error in errors if error]
+
     def close(self) -> None:
-        """pytest_unconfigure: handlers back, progress closed, lock released."""
+        """pytest_unconfigure, last: signal handlers back, progress closed, lock released."""
         if self.stopper is not None:
             self.stopper.restore()
         self.progress.close()
-        for handler in self._log_handlers:
-            LOG.removeHandler(handler)
-            remove_handler(handler)
-        self._log_handlers.clear()
+        self.close_log_files()
         logging.raiseExceptions = self._raise_exceptions
         self.release()
 
