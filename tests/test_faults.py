@@ -293,7 +293,9 @@ def test_a_planted_cache_folder_is_refused_and_its_code_never_runs(project: Path
     assert {r.status for r in rows(project / "out" / FINAL)} == {"error"}
 
 
-@pytest.mark.parametrize("how", ["group-writable", "not owned", "truncated weights", "extra file"])
+@pytest.mark.parametrize(
+    "how", ["group-writable", "group-writable weights", "not owned", "truncated weights", "extra file"]
+)
 def test_a_damaged_or_foreign_cache_folder_fails_once_with_what_to_do(project: Path, tmp_path: Path, how: str) -> None:
     cache = tmp_path / "cache"
     _llada_only(project, cache)
@@ -302,6 +304,8 @@ def test_a_damaged_or_foreign_cache_folder_fails_once_with_what_to_do(project: P
     folder = _cache_folder(cache)
     if how == "group-writable":
         folder.chmod(0o775)
+    elif how == "group-writable weights":
+        (folder / "model.safetensors").chmod(0o664)
     elif how == "not owned":
         if os.geteuid() != 0:
             pytest.skip("changing a folder's owner needs root (CI runs as root)")

@@ -34,7 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from dllm_bench.models.llada_hf import modeling_llada
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
-from dllm_bench.sinks.atomic import current_umask, file_mode
+from dllm_bench.sinks.atomic import current_umask
 
 __all__ = [
     "CACHE_MANIFEST",
@@ -196,7 +196,7 @@ def _write_atomically(
         for source in extra_files:
             shutil.copyfile(source, tmp / source.name)
         for written in tmp.iterdir():  # save_pretrained may write some files private (0600)
-            os.chmod(written, file_mode())
+            os.chmod(written, cache_file_mode())
         write_cache_manifest(tmp)
         try:
             # Replaces ``folder`` only if it is missing or an empty directory.
@@ -232,7 +232,7 @@ def _refresh_files(folder: Path, sources: Sequence[Path]) -> None:
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
-                os.chmod(tmp_name, file_mode())
+                os.chmod(tmp_name, cache_file_mode())
                 os.replace(tmp_name, target)
                 changed = True
             except BaseException:
@@ -270,12 +270,18 @@ def write_cache_manifest(folder: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp_name, file_mode())
+        os.chmod(tmp_name, cache_file_mode())
         os.replace(tmp_name, folder / CACHE_MANIFEST)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+
+
+def cache_file_mode() -> int:
+    """A cache file is readable as the umask allows and never writable by group or others
+    (verify_folder refuses such files: their content could change under the manifest)."""
+    return 0o644 & ~current_umask()
 
 
 def verify_folder(folder: Path, code_sources: Sequence[Path] = ()) -> None:
@@ -293,6 +299,10 @@ def verify_folder(folder: Path, code_sources: Sequence[Path] = ()) -> None:
         raise CacheFolderError(f"model cache folder {folder} belongs to uid {info.st_uid}, not to you; {remedy}")
     if info.st_mode & 0o022:
         raise CacheFolderError(f"model cache folder {folder} is writable by group or others; {remedy}")
+    writable = sorted(p.name for p in folder.iterdir() if p.lstat().st_mode & 0o022)
+    if writable:
+        names = ", ".join(writable)
+        raise CacheFolderError(f"model cache folder {folder} has files writable by group or others ({names}); {remedy}")
     try:
         listed = json.loads((folder / CACHE_MANIFEST).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
