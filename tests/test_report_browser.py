@@ -23,6 +23,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
+from dllm_bench.cases import expand_cases
+from dllm_bench.config import load_config
+from dllm_bench.options import DEFAULT_CONFIG
 from dllm_bench.sinks.csvfiles import FINAL_CSV, read_results, write_rows_atomic
 from dllm_bench.sinks.report import REPORT_HTML
 from dllm_bench.sinks.report.cli import main as report_main
@@ -34,7 +37,7 @@ SKIP_ENV = "DLLM_BENCH_SKIP_BROWSER"
 CHROMIUM = os.environ.get("DLLM_BENCH_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DLLM_BENCH_CHROMEDRIVER", "/usr/bin/chromedriver")
 INSTALL = "apt-get install -y chromium chromium-driver"
-DEFAULT_GRID_CASES = 28
+DEFAULT_GRID_CASES = len(expand_cases(load_config(REPO / DEFAULT_CONFIG)))
 RUN_TIMEOUT_S = 1800
 WIDTH = 1400
 
