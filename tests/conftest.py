@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,18 @@ import pytest
 # imported a second time into one process.
 import dllm_bench.fixture  # noqa: F401
 from tests.helpers import BENCH_TEST_FILE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _started_pytest_runs_are_not_xdist_workers() -> Iterator[None]:
+    """Under `pytest tests -n 2` each worker has PYTEST_XDIST_WORKER and its siblings in its
+    environment. The pytest runs the tests start are independent sessions and must not
+    inherit them: pytest-benchmark turns itself off in what it takes for an xdist worker,
+    and the suite pins a worker to a GPU. Session-scoped and autouse, so it comes first."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("PYTEST_XDIST_")]:
+            patch.delenv(name)
+        yield
 
 
 @pytest.fixture(scope="session")
