@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dllm_bench.environment import ENVIRONMENT_COLUMNS
 from dllm_bench.rows import Row
 from dllm_bench.sinks.report.data import (
     Change,
@@ -66,24 +67,9 @@ DERIVED_DOCS = {
 }
 ALWAYS_SHOWN = frozenset({"case_id", "status", "tokens_per_s", STRATEGY})
 
-# Environment columns of a row, shown when the manifest does not have them (or rows differ).
-ENVIRONMENT_COLUMNS = (
-    "gpu_name",
-    "gpu_count",
-    "driver_version",
-    "cuda_version",
-    "torch_version",
-    "transformers_version",
-    "python_version",
-    "cpu_model",
-    "host",
-    "git_commit",
-    "git_dirty",
-    "device",
-    "dtype",
-    "torch_threads",
-    "cpu_count",
-)
+# The machine and run set-up shown on the page: the environment the suite captures, then
+# the rows' device columns; a row's value wins when the manifest lacks it or rows differ.
+SETUP_COLUMNS = (*ENVIRONMENT_COLUMNS, "device", "dtype", "torch_threads", "cpu_count")
 MANIFEST_FIELDS = ("status", "signal", "reason", "started_at", "ended_at", "config_path", "output_dir", "resumed")
 
 STYLE = """
@@ -540,7 +526,7 @@ def environment_items(manifest: Mapping[str, Any] | None, rows: Sequence[Row]) -
             items.append(("command_line", shlex.join(str(part) for part in command)))
     environment = manifest.get("environment") if manifest else None
     recorded = environment if isinstance(environment, Mapping) else {}
-    for column in ENVIRONMENT_COLUMNS:
+    for column in SETUP_COLUMNS:
         from_rows = _distinct(rows, column)
         value = from_rows if "," in from_rows or column not in recorded else cell_text(recorded.get(column))
         if value:
