@@ -37,13 +37,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=${DLLM_REPO:-$(cd "$HERE/.." && pwd)}
-if [[ -n ${DLLM_PYTHON:-} ]]; then
-    PYTHON=$DLLM_PYTHON
-elif [[ -x $REPO/.venv/bin/python ]]; then
-    PYTHON=$REPO/.venv/bin/python
-else
-    PYTHON=python3
-fi
+# shellcheck source=scripts/repo_python.sh
+. "$HERE/repo_python.sh"
+PYTHON=$(repo_python "$REPO")
 BUDGET=${DLLM_GPU_CHECK_BUDGET_S:-450}
 [[ $BUDGET =~ ^[1-9][0-9]*$ ]] || {
     echo "gpu_check.sh: DLLM_GPU_CHECK_BUDGET_S must be a positive whole number of seconds, got '$BUDGET'" >&2

@@ -69,13 +69,9 @@ CONFIG=${1:-${DLLM_CI_CONFIG:-config/ci-gpu.yaml}}
 [[ $CONFIG == /* || ! -f $CONFIG ]] || CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
 cd "$REPO"
 
-if [[ -n ${DLLM_PYTHON:-} ]]; then
-    PYTHON=$DLLM_PYTHON
-elif [[ -x $REPO/.venv/bin/python ]]; then
-    PYTHON=$REPO/.venv/bin/python
-else
-    PYTHON=python3
-fi
+# shellcheck source=scripts/repo_python.sh
+. "$HERE/../repo_python.sh"
+PYTHON=$(repo_python "$REPO")
 "$PYTHON" -c "import dllm_bench" 2>/dev/null ||
     die "dllm_bench is not importable with $PYTHON: run scripts/ci/install_gpu.sh (GPU) or pip install -e . first, or set DLLM_PYTHON"
 

@@ -43,13 +43,9 @@ shift 3
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=${DLLM_REPO:-$(cd "$HERE/../.." && pwd)}
-if [[ -n ${DLLM_PYTHON:-} ]]; then
-    PYTHON=$DLLM_PYTHON
-elif [[ -x $REPO/.venv/bin/python ]]; then
-    PYTHON=$REPO/.venv/bin/python
-else
-    PYTHON=python3
-fi
+# shellcheck source=scripts/repo_python.sh
+. "$HERE/../repo_python.sh"
+PYTHON=$(repo_python "$REPO")
 TASKS=${DLLM_TASKS:-0-$((SHARDS - 1))}
 
 # Absolute paths: the jobs run from the repository root, not from here.
