@@ -23,6 +23,7 @@ class PromptFeed:
     device: torch.device
     _ids: list[torch.Tensor] = field(init=False)
     _masks: list[torch.Tensor | None] = field(init=False)
+    _full_masks: list[torch.Tensor] = field(init=False)
     index: int = 0
 
     def __post_init__(self) -> None:
@@ -30,14 +31,14 @@ class PromptFeed:
             raise ValueError("a case needs at least one batch of prompts")
         self._ids = [batch.input_ids.to(self.device) for batch in self.batches]
         self._masks = [batch.attention_mask.to(self.device) if batch.padded else None for batch in self.batches]
+        # Built here, not in the timed call: an all-ones mask for each batch without padding.
+        self._full_masks = [
+            torch.ones_like(ids) if mask is None else mask for ids, mask in zip(self._ids, self._masks, strict=True)
+        ]
 
     def select(self, round_index: int) -> None:
         """Make round `round_index`'s batch the one the next call reads."""
         self.index = round_index
-
-    @property
-    def batch(self) -> PromptBatch:
-        return self.batches[self.index]
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -50,5 +51,4 @@ class PromptFeed:
 
     def full_mask(self) -> torch.Tensor:
         """The selected batch's mask, all ones when it has no padding."""
-        mask = self._masks[self.index]
-        return torch.ones_like(self._ids[self.index]) if mask is None else mask
+        return self._full_masks[self.index]
