@@ -504,7 +504,7 @@ def _generate_exact(
         for k in counts:
             if k == 0:
                 # Nothing can be committed: no forward, but the plain algorithm's random draws.
-                _draw_reference_noise(options, (batch, seq_len, vocab), device)
+                _draw_noise(options, (batch, seq_len, vocab), device)
                 continue
             out: torch.Tensor
             if options.use_cfg:
@@ -515,7 +515,7 @@ def _generate_exact(
             if options.on_forward is not None:
                 options.on_forward()
             vocab = out.shape[-1]
-            noise, random_p = _draw_reference_noise(options, (batch, seq_len, vocab), device)
+            noise, random_p = _draw_noise(options, (batch, seq_len, vocab), device)
 
             x_w = x[:, lo:hi]
             mask_w = x_w == mask_id
@@ -551,10 +551,10 @@ def _generate_exact(
     return x
 
 
-def _draw_reference_noise(
+def _draw_noise(
     options: _Options, shape: tuple[int, int, int], device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The plain algorithm's random draws of one step, in its order and shapes:
+    """One step's random draws, in a fixed order and shape whatever is masked:
     (B, L, V) float64 Gumbel uniforms, then (B, L) remasking uniforms."""
     noise = torch.rand(shape, dtype=torch.float64, device=device) if options.temperature > 0 else None
     random_p = None if options.low_confidence else torch.rand(shape[:2], device=device)
@@ -568,7 +568,12 @@ def _gathered_logits(out: torch.Tensor, rows: torch.Tensor, half: int, cfg_scale
     cond = flat.index_select(0, rows)
     if cfg_scale <= 0:
         return cond
-    uncond = flat.index_select(0, rows + half)
+    return _guided(cond, flat.index_select(0, rows + half), cfg_scale)
+
+
+def _guided(cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: the unconditional logits moved (cfg_scale + 1) times the
+    way the conditional ones differ from them."""
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
@@ -726,11 +731,7 @@ def _block_rows(
         return _gathered_logits(logits, rows, half, cfg_scale)
     # Masked positions are increasing and distinct, so using every row means all rows in order.
     flat = logits.reshape(-1, logits.shape[-1])
-    cond = flat[:half]
-    if cfg_scale <= 0:
-        return cond
-    uncond = flat[half:]
-    return uncond + (cfg_scale + 1) * (cond - uncond)
+    return flat[:half] if cfg_scale <= 0 else _guided(flat[:half], flat[half:], cfg_scale)
 
 
 def _predict(
@@ -743,11 +744,7 @@ def _predict(
     """
     batch, width = masked.shape
     vocab = logits.shape[-1]
-    # Random draws first, in a fixed order and shape, whatever is masked.
-    noise = None
-    if options.temperature > 0:
-        noise = torch.rand((batch, width, vocab), dtype=torch.float64, device=masked.device)
-    random_p = None if options.low_confidence else torch.rand((batch, width), device=masked.device)
+    noise, random_p = _draw_noise(options, (batch, width, vocab), masked.device)
 
     flat_index = masked.reshape(-1).nonzero().squeeze(1)  # b * W + w of every masked position
     chosen = _block_rows(logits, held, flat_index, batch, width, options.cfg_scale)
