@@ -57,10 +57,7 @@ class RunHooks:
         self.session.case_started(nodeid)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        try:
-            self.session.report(report)
-        except UsageProblem as exc:
-            raise pytest.UsageError(str(exc)) from None
+        self.session.report(report)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:

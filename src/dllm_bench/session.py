@@ -143,7 +143,8 @@ class RunSession:
             bench_config = load_config(_config_path(config, options))
             if role != "worker" and not config.option.collectonly:
                 check_runnable(bench_config)  # what only this machine can tell; listing cases works anywhere
-            gate = _gate(options)
+            # Only the process that writes the rows applies the gate; a worker need not read the reference.
+            gate = _gate(options) if role != "worker" else None
             shard = parse_shard(options.shard) if options.shard else None
         except (ConfigError, GateError, ValueError) as exc:
             raise UsageProblem(str(exc)) from None
@@ -549,16 +550,22 @@ class RunSession:
             left = "the manifest still says 'running'" if (self.output_dir / MANIFEST).exists() else "no manifest"
             LOG.error("%s; %s", exc, left)
 
-    def _gate_reason(self) -> str:
-        """Why the gate failed the run ("" when there is no gate or it passed)."""
+    def _gate_failure(self) -> tuple[str, str] | None:
+        """("gate" or "gate failed", what) when the gate failed the run: a problem that kept
+        it from counting as a check, else the regressed pairs; None without a failed gate."""
         if self.gate is None or self.gate.result is None or self.gate.passed:
-            return ""
+            return None
         result = self.gate.result
         problem = result.problem(allow_missing=self.gate.allow_missing)
         if problem:
-            return f"gate: {problem}"
+            return "gate", problem
         metrics = ", ".join(sorted({f.metric for f in result.failures}))
-        return f"gate failed: {len(result.failures)} case/metric pairs regressed ({metrics})"
+        return "gate failed", f"{len(result.failures)} case/metric pairs regressed ({metrics})"
+
+    def _gate_reason(self) -> str:
+        """Why the gate failed the run ("" when there is no gate or it passed)."""
+        failure = self._gate_failure()
+        return "" if failure is None else f"{failure[0]}: {failure[1]}"
 
     # --- reporting -----------------------------------------------------------------------
 
@@ -608,14 +615,10 @@ class RunSession:
         could not be written or the gate failed."""
         if self.storage_error and self.role != "worker":
             return f"dllm-bench: RESULTS NOT FULLY SAVED: {self.storage_error}; exit code 1"
-        if self.gate is None or self.gate.result is None or self.gate.passed:
+        failure = self._gate_failure()
+        if failure is None or self.gate is None:
             return None
-        result = self.gate.result
-        detail = result.problem(allow_missing=self.gate.allow_missing) or (
-            f"{len(result.failures)} case/metric pairs regressed "
-            f"({', '.join(sorted({f.metric for f in result.failures}))})"
-        )
-        return f"dllm-bench: GATE FAILED against {self.gate.reference_path}: {detail}; exit code 1"
+        return f"dllm-bench: GATE FAILED against {self.gate.reference_path}: {failure[1]}; exit code 1"
 
     # --- end -----------------------------------------------------------------------------
 
@@ -630,9 +633,7 @@ class RunSession:
         """pytest_unconfigure, before pytest's logging plugin: the run's log handlers closed;
         a console line for each whose last records could not be written (a full disk)."""
         errors = [close_pytest_log_file(self.pytest_config)]
-        for handler in self._log_handlers:
-            LOG.removeHandler(handler)
-            errors.append(remove_handler(handler))
+        errors += [remove_handler(handler) for handler in self._log_handlers]
         self._log_handlers.clear()
         prefix = "dllm-bench: the last log records were not written to the log file"
         return [f"{prefix}: {error}" for error in errors if error]

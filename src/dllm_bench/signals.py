@@ -33,7 +33,6 @@ class GracefulStop:
         self._request_stop = request_stop
         self._previous: dict[int, Handler] = {}
         self.received: list[str] = []
-        self.deferred: list[str] = []
 
     def _set(self, signals: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -76,10 +75,5 @@ class GracefulStop:
         raise KeyboardInterrupt
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        self.deferred.append(name)
-        LOG.warning("received %s while saving the results; the save finishes first", name)
+        LOG.warning("received %s while saving the results; the save finishes first", signal.Signals(signum).name)
 
-    @property
-    def first_signal(self) -> str | None:
-        return self.received[0] if self.received else None
