@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dllm_bench.progress import MODES
+# --progress: how progress is shown (see progress.choose_mode).
+MODES = ("auto", "bar", "log", "off")
+
 
 GROUP = "dllm-bench"
 DEFAULT_CONFIG = Path("config") / "default.yaml"

@@ -19,7 +19,6 @@ from dllm_bench.sinks.manifest import Counts
 
 LOG = logging.getLogger("dllm_bench.progress")
 
-MODES = ("auto", "bar", "log", "off")
 LOG_EVERY_SECONDS = 30.0
 LOG_EVERY_FRACTION = 0.1
 
