@@ -247,10 +247,6 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = tuple(
 TEXT_COLUMNS: tuple[str, ...] = tuple(name for name in COLUMN_NAMES if _TYPES[name] is str)
 
 
-def column_type(name: str) -> type:
-    return _TYPES[name]
-
-
 def format_cell(name: str, value: object) -> str:
     """The CSV text of one value: floats with the column's precision, booleans as true/false,
     None as empty, text on one line with formula-like starts escaped."""

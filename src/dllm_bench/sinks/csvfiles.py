@@ -106,6 +106,12 @@ def read_results(path: Path) -> list[Row]:
     return report.rows
 
 
+
+def read_run_rows(directory: Path) -> list[Row]:
+    """Every readable row of a run directory: its partial file, then its final file.
+    Raises ResultsFileError for a file that is not a results file."""
+    return [row for name in RESULT_FILES for row in read_results(directory / name)]
+
 def scan_results(path: Path) -> ReadReport:
     """Read a results CSV without logging. Raises ResultsFileError for a file that is not one."""
     if path.is_symlink():

@@ -16,9 +16,6 @@ from dllm_bench.sinks.atomic import write_text_atomic
 
 MANIFEST = "run_manifest.json"
 
-STATUSES = ("running", "complete", "interrupted", "failed", "incomplete")
-
-
 class ManifestError(RuntimeError):
     """A manifest that cannot be read; the message names the file."""
 

@@ -24,10 +24,9 @@ from dllm_bench.rows import CaseKey, Row
 from dllm_bench.sinks.atomic import StorageError
 from dllm_bench.sinks.csvfiles import (
     FINAL_CSV,
-    RESULT_FILES,
     ResultsFileError,
     latest_per_case,
-    read_results,
+    read_run_rows,
     write_rows_atomic,
 )
 from dllm_bench.sinks.manifest import Counts, Manifest, ManifestError, read_manifest, utc_now, write_manifest
@@ -63,13 +62,10 @@ def check_compatible(manifests: dict[Path, dict[str, Any]]) -> None:
 
 def directory_rows(directory: Path) -> list[Row]:
     """Every readable row a run directory holds: its final and its partial file."""
-    rows: list[Row] = []
-    for name in RESULT_FILES:
-        try:
-            rows += read_results(directory / name)
-        except ResultsFileError as exc:
-            raise MergeError(str(exc)) from exc
-    return rows
+    try:
+        return read_run_rows(directory)
+    except ResultsFileError as exc:
+        raise MergeError(str(exc)) from exc
 
 
 def _manifests(shard_dirs: Sequence[Path]) -> dict[Path, dict[str, Any]]:
@@ -144,7 +140,6 @@ def merge(out_dir: Path, shard_dirs: Sequence[Path], *, force: bool = False) -> 
     rows = latest_per_case([*already, *(row for rows in rows_by_dir.values() for row in rows)], keys or ())
     overlaps = _warn_overlaps(rows_by_dir, rows)
     counts = _counts(rows, keys)
-    statuses = [str(m.get("status")) for m in manifests.values()]
     complete = keys is not None and counts.ok == counts.planned and len(manifests) == len(shard_dirs)
     environment = first.get("environment")
     merged = Manifest(
@@ -173,7 +168,6 @@ def merge(out_dir: Path, shard_dirs: Sequence[Path], *, force: bool = False) -> 
         write_manifest(out_dir, merged)
     except (OSError, StorageError) as exc:
         raise MergeError(f"cannot write the merged results to {out_dir}: {exc}") from exc
-    LOG.debug("shard statuses: %s", statuses)
     return merged
 
 

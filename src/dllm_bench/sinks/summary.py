@@ -51,7 +51,7 @@ def _columns(rows: Sequence[Row]) -> list[tuple[str, bool, Cell]]:
     memory = (
         "peak_memory_allocated_mb"
         if any(r.peak_memory_allocated_mb is not None for r in rows)
-        else ("peak_rss_increase_mb")
+        else "peak_rss_increase_mb"
     )
     columns: list[tuple[str, bool, Cell]] = [
         ("case_id", False, lambda r: _text(r.case_id)),

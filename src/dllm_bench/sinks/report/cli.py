@@ -21,7 +21,7 @@ from typing import Any
 
 from dllm_bench.rows import Row
 from dllm_bench.sinks.atomic import StorageError
-from dllm_bench.sinks.csvfiles import RESULT_FILES, ResultsFileError, latest_per_case, read_results
+from dllm_bench.sinks.csvfiles import ResultsFileError, latest_per_case, read_results, read_run_rows
 from dllm_bench.sinks.gate import GateError, GateRule, parse_gate
 from dllm_bench.sinks.manifest import ManifestError, read_manifest
 from dllm_bench.sinks.report.writer import write_report
@@ -53,13 +53,10 @@ def directory_rows(directory: Path) -> list[Row]:
     the latest per case."""
     if not directory.exists():
         raise ReportError(f"{directory} does not exist; name a run directory")
-    files = [directory / name for name in RESULT_FILES] if directory.is_dir() else [directory]
-    rows: list[Row] = []
-    for path in files:
-        try:
-            rows += read_results(path)
-        except ResultsFileError as exc:
-            raise ReportError(str(exc)) from exc
+    try:
+        rows = read_run_rows(directory) if directory.is_dir() else read_results(directory)
+    except ResultsFileError as exc:
+        raise ReportError(str(exc)) from exc
     if not rows:
         raise ReportError(f"{directory} holds no result rows (raw_metrics.csv or raw_metrics_partial.csv)")
     return latest_per_case(rows)

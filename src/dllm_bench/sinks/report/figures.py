@@ -287,7 +287,7 @@ def trade_off_figure(panels: Sequence[TradeOff], colors: Mapping[str, str]) -> b
     ]
     categories = [p.label for group in speed_only.values() for panel in group for p in [*panel.llada, *panel.baselines]]
     left = max(NUMERIC_LEFT_IN, text_width_in(categories) + 0.25) if categories else NUMERIC_LEFT_IN
-    lines = max((len(set(categories)),), default=0)
+    lines = len(set(categories))
     height = max(PANEL_HEIGHT_IN, BAR_HEIGHT_IN * 1.4 * lines)
     legend = legend_width_in([*shown, *(str(e.get_label()) for e in extra)])
     figure, axes = Grid(len(scored) + len(speed_only), height=height, left=left, legend=legend).build()

@@ -62,7 +62,8 @@ class _Report:
         self.reference_name = reference_name
         self.gate_rules = gate_rules
         self.images: list[Image] = []
-        labels = [data.Labeller.for_rows(rows).label(row) for row in data.ok_rows(rows)]
+        labeller = data.Labeller.for_rows(rows)
+        labels = [labeller.label(row) for row in data.ok_rows(rows)]
         self.colors = figures.color_map(labels)
 
     def _image(self, name: str, alt: str, make: Callable[[], bytes]) -> Image:
