@@ -173,10 +173,9 @@ def _parse_task_options(
             continue
         check.known_keys(entry, f"tasks.{name}", sorted(TASK_OPTIONS[name]))
         parsed[name] = dict(entry)
-    if "items" in parsed.get("copy", {}) or "items" in parsed.get("permute", {}):
-        for name in ("copy", "permute"):
-            if "items" in parsed.get(name, {}):
-                check.integer(parsed[name]["items"], f"tasks.{name}.items", maximum=1024)
+    for name in ("copy", "permute"):
+        if "items" in parsed.get(name, {}):
+            check.integer(parsed[name]["items"], f"tasks.{name}.items", maximum=1024)
     if "jsonl" in tasks:
         jsonl = parsed.get("jsonl", {})
         path = jsonl.get("path")

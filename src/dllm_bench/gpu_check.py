@@ -688,7 +688,7 @@ def grid_items(run: SuiteRun) -> list[CheckResult]:
 def cache_item(run: SuiteRun) -> CheckResult:
     problem = run.problem()
     if problem is not None:
-        return failed("cache", f"{problem} (the llada.cache axis arrives with issue 12)")
+        return failed("cache", problem)
     return check_cache_speed(run.rows())
 
 

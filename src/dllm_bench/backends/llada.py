@@ -66,11 +66,6 @@ class LladaSettings:
     threshold: float | None = LLADA_DEFAULTS.threshold
     factor: float | None = LLADA_DEFAULTS.factor
 
-    @property
-    def dynamic(self) -> bool:
-        """Whether a commit rule (threshold or factor) decides how many tokens each step commits."""
-        return self.threshold is not None or self.factor is not None
-
     def columns(self) -> dict[str, object]:
         return {
             "steps": self.steps,

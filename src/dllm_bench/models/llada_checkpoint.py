@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM, UnsupportedConfigError, _check_supported
+from dllm_bench.spec import one_line
 
 __all__ = [
     "CheckpointError",
@@ -62,7 +63,7 @@ def _describe(source: str | Path, revision: str | None) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400]
+    return one_line(str(exc))[:400]
 
 
 def load_llada_config(source: str | Path, *, revision: str | None = None) -> LLaDAConfig:
