@@ -64,9 +64,7 @@ class GateRule:
 
     def change_of(self, before: float, current: float) -> float:
         """The change from `before` to `current` in this rule's unit."""
-        if self.unit == "pp":
-            return (current - before) * 100.0
-        return percent_change(before, current)
+        return change_in(self.unit, before, current)
 
     def spec(self) -> str:
         sign = "+" if self.rise_is_bad else "-"
@@ -231,6 +229,14 @@ def percent_change(before: float, current: float) -> float:
     if before == 0:
         return 0.0 if current == 0 else math.copysign(math.inf, current)
     return (current - before) / abs(before) * 100.0
+
+
+def change_in(unit: str, before: float, current: float) -> float:
+    """The change from `before` to `current`: percentage points of a share (`pp`, shares x
+    100), else percent of `before`."""
+    if unit == "pp":
+        return (current - before) * 100.0
+    return percent_change(before, current)
 
 
 def _reference_by_key(reference_rows: Iterable[Row]) -> dict[CaseKey, Row]:

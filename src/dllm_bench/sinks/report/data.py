@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from dllm_bench.backends.llada import LladaSettings
 from dllm_bench.rows import Row, number
 from dllm_bench.sinks.csvfiles import latest_per_case
-from dllm_bench.sinks.gate import GateRule, check_gate, percent_change
+from dllm_bench.sinks.gate import GateRule, change_in, check_gate
 
 LLADA = "llada"
 BASELINE = "baseline"
@@ -336,15 +336,8 @@ def unit_of(metric: str, rules: Sequence[GateRule] = ()) -> str:
     ends with pp), else in percentage points for shares (accuracy) and percent for the rest."""
     for rule in rules:
         if rule.metric == metric:
-            return POINTS if rule.spec().endswith(POINTS) else PERCENT
+            return rule.unit
     return POINTS if metric in POINTS_METRICS else PERCENT
-
-
-def change_in(unit: str, before: float, current: float) -> float:
-    """The change from before to current: percent of before, or points (shares x 100)."""
-    if unit == POINTS:
-        return (current - before) * 100.0
-    return percent_change(before, current)
 
 
 @dataclass(frozen=True)
