@@ -6,7 +6,14 @@ from pathlib import Path
 
 from dllm_bench.rows import Row
 from dllm_bench.sinks.csvfiles import append_row, read_results
-from dllm_bench.sinks.summary import NOISE_NOTE, RELATIVE_SPEED_HEADER, relative_speed_lines, summary_lines
+from dllm_bench.sinks.summary import (
+    AUP_HEADER,
+    NOISE_NOTE,
+    RELATIVE_SPEED_HEADER,
+    aup_lines,
+    relative_speed_lines,
+    summary_lines,
+)
 
 LLADA_ID = "tiny-llada-p32-g32-b1-s8-k32"
 LLAMA_ID = "tiny-llama-p32-g32-b1"
@@ -176,3 +183,17 @@ def test_a_baseline_without_speed_is_reported_not_divided() -> None:
 def test_no_llada_rows_means_no_lines() -> None:
     assert relative_speed_lines([baseline_row()]) == []
     assert relative_speed_lines([llada_row(status="error"), baseline_row()]) == []
+
+
+def test_aup_has_one_line_per_curve_even_when_models_share_a_name() -> None:
+    # Two models named alike (another model_id) and two task option sets: four AUP curves.
+    rows = [
+        llada_row(f"case-{i}", model_id=model_id, task="copy", task_options=options, aup=score)
+        for i, (model_id, options, score) in enumerate(
+            [("a", None, 10.0), ("a", None, 10.0), ("b", None, 20.0), ("a", "items=4", 30.0), ("b", "items=4", 40.0)]
+        )
+    ]
+    lines = aup_lines(rows)
+    assert lines[0] == AUP_HEADER
+    scores = sorted(float(line.rsplit(":", 1)[1]) for line in lines[1:])
+    assert scores == [10.0, 20.0, 30.0, 40.0]

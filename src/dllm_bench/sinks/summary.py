@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from dllm_bench.rows import Row, number
+from dllm_bench.sinks.quality import CurveKey, curve_key
 from dllm_bench.sinks.text import format_ratio, format_significant
 
 MISSING = "-"
@@ -131,13 +132,14 @@ def relative_speed_lines(rows: Sequence[Row]) -> list[str]:
 
 def aup_lines(rows: Sequence[Row]) -> list[str]:
     """One line per LLaDA model, task and shape with an AUP (the rows of raw_metrics.csv)."""
-    seen: dict[Shape, float] = {}
+    seen: dict[CurveKey, float] = {}
     for row in rows:
         if row.aup is not None:
-            seen.setdefault((row.model, row.task, row.prompt_length, row.gen_length, row.batch_size), row.aup)
+            seen.setdefault(curve_key(row), row.aup)  # the curve AUP was computed over
     if not seen:
         return []
     lines = [AUP_HEADER]
-    for (model, task, prompt_length, gen_length, batch_size), score in seen.items():
-        lines.append(f"{INDENT}{model} {task} p{prompt_length} g{gen_length} b{batch_size}: {score:.1f}")
+    for (model, _, task, options, prompt_length, gen_length, batch_size), score in seen.items():
+        where = f"{model} {task}" + (f" ({options})" if options else "")
+        lines.append(f"{INDENT}{where} p{prompt_length} g{gen_length} b{batch_size}: {score:.1f}")
     return lines
