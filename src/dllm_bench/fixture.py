@@ -10,7 +10,6 @@ This module is registered as a plugin only when the suite is active.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,7 +25,7 @@ from dllm_bench.options import Options
 from dllm_bench.plugin import SESSION_KEY
 from dllm_bench.progress import Progress
 from dllm_bench.rows import Row
-from dllm_bench.runner import Measure, error_row, is_out_of_memory, measure_with_own_timer, run_case
+from dllm_bench.runner import Measure, error_row, is_out_of_memory, measure_with_own_timer, release_memory, run_case
 from dllm_bench.session import ROW_PROPERTY, RunSession, UsageProblem
 from dllm_bench.xdist import XdistController
 
@@ -140,13 +139,6 @@ class CaseRunner:
 
 def _no_op() -> None:
     """Nothing to do."""
-
-
-def release_memory() -> None:
-    """Give back what a failed case held so the next case starts clean."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope="session")

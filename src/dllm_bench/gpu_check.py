@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ import yaml
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
 from dllm_bench.rows import format_cell
+from dllm_bench.runner import release_memory
 from dllm_bench.sampling.llada import generate
 from dllm_bench.sampling.reference import generate_reference
 from dllm_bench.sinks.csvfiles import read_results
@@ -491,14 +491,8 @@ def check_sampler() -> CheckResult:
         shape=SamplerShape(),
     )
     del model
-    release_cuda()
+    release_memory()
     return sampler_result(outcome, "bf16, d1024, 2 layers, vocabulary 126464, B4 P64 G64 block 16, 32 steps")
-
-
-def release_cuda() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- suite runs
@@ -711,7 +705,7 @@ def guarded(item: str, check: Callable[[], CheckResult]) -> CheckResult:
         first = str(exc).splitlines()[0] if str(exc) else ""
         return failed(item, f"{type(exc).__name__}: {first}")
     finally:
-        release_cuda()
+        release_memory()
 
 
 def emit(result: CheckResult) -> CheckResult:

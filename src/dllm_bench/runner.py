@@ -8,6 +8,7 @@ What differs between model kinds comes from the case's backend.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import statistics
@@ -374,6 +375,13 @@ def error_row(case: Case, loaded: LoadedModel | None, exc: BaseException, status
     return case_row(case, loaded).with_values(
         {"status": status, "error": f"{type(exc).__name__}: {first}"[:500], "timestamp": utc_now()}
     )
+
+
+def release_memory() -> None:
+    """Give back what a failed case or check held so the next one starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
