@@ -192,18 +192,23 @@ def parse_gate(spec: str) -> GateRule:
     return GateRule(metric=metric, change=value, unit=unit)
 
 
-def _reference_file(path: Path) -> Path:
-    """The CSV to read: the path itself, or a run directory's final (else partial) CSV."""
+def load_reference(path: Path) -> list[Row]:
+    """The rows of the reference run: a results CSV, or a run directory's raw_metrics.csv
+    (else, when that has no rows, its raw_metrics_partial.csv). Each file is read once."""
     if not path.exists():
         raise GateError(
             f"gate reference {path} does not exist; pass a results CSV or a run directory holding {FINAL_CSV}"
         )
+    candidates = [path / name for name in (FINAL_CSV, PARTIAL_CSV)] if path.is_dir() else [path]
+    for csv_path in candidates:
+        if csv_path is not path and not csv_path.is_file():
+            continue
+        rows = _rows(csv_path)
+        if rows:
+            LOG.info("gate reference: %d rows from %s", len(rows), csv_path)
+            return rows
     if not path.is_dir():
-        return path
-    for name in (FINAL_CSV, PARTIAL_CSV):
-        candidate = path / name
-        if candidate.is_file() and _rows(candidate):
-            return candidate
+        raise GateError(f"gate reference {path} has no result rows")
     raise GateError(f"gate reference directory {path} holds no results: no rows in {FINAL_CSV} or {PARTIAL_CSV}")
 
 
@@ -212,16 +217,6 @@ def _rows(path: Path) -> list[Row]:
         return read_results(path)
     except ResultsFileError as exc:
         raise GateError(f"gate reference: {exc}") from exc
-
-
-def load_reference(path: Path) -> list[Row]:
-    """The rows of the reference run: a results CSV, or a run directory's raw_metrics(_partial).csv."""
-    csv_path = _reference_file(path)
-    rows = _rows(csv_path)
-    if not rows:
-        raise GateError(f"gate reference {csv_path} has no result rows")
-    LOG.info("gate reference: %d rows from %s", len(rows), csv_path)
-    return rows
 
 
 def percent_change(before: float, current: float) -> float:
