@@ -268,6 +268,12 @@ class RunSession:
             self._environment = capture_environment(Path(__file__).resolve().parent)
         return self._environment
 
+    def machine_info(self) -> dict[str, object]:
+        """The environment without what changes from run to run on one machine (the git
+        commit and dirty flag, which pytest-benchmark keeps in its commit_info, and the
+        xdist worker): pytest-benchmark warns when the machine_info of a compared run differs."""
+        return {key: value for key, value in self.environment().items() if key not in RUN_ONLY_COLUMNS}
+
     # --- selection -----------------------------------------------------------------------
 
     def cases_for(self, fixture_name: str) -> list[Case]:
@@ -649,6 +655,7 @@ class RunSession:
 
 
 ROW_PROPERTY = "dllm_bench_row"
+RUN_ONLY_COLUMNS = frozenset({"git_commit", "git_dirty", "xdist_worker"})
 
 
 def row_of(report: pytest.TestReport) -> Row | None:
