@@ -66,6 +66,32 @@ def test_baseline(baseline_case: Case, bench: CaseRunner) -> None:
     bench.run(baseline_case)
 """
 
+_SLEEP_PLUGIN = """
+import time
+
+import torch
+from {module} import {name} as _Model
+
+
+def _sleep_after_forward(module, args, output):
+    if isinstance(module, _Model) and getattr(output, "logits", None) is not None:
+        time.sleep({seconds})
+
+
+torch.nn.modules.module.register_module_forward_hook(_sleep_after_forward)
+"""
+
+
+def sleep_plugin(seconds: float, model_class: str = "transformers.PreTrainedModel") -> str:
+    """A pytest plugin that sleeps `seconds` after every top-level forward pass (the call that
+    returns logits) of a `model_class` model. In every run of a comparison it is a latency
+    floor that host load cannot shorten, so the tiny models' milliseconds of real work, even
+    many times slower under load, cannot move a run past a test's limits; a second plugin in
+    one run only is an injected slowdown."""
+    module, name = model_class.rsplit(".", 1)
+    return _SLEEP_PLUGIN.format(module=module, name=name, seconds=seconds)
+
+
 PARTIAL = "raw_metrics_partial.csv"
 FINAL = "raw_metrics.csv"
 

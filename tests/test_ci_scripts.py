@@ -16,37 +16,22 @@ from types import ModuleType
 import pytest
 import yaml
 
-from tests.helpers import TINY_LLADA_ARCH, tiny_config, write_config
+from tests.helpers import TINY_LLADA_ARCH, sleep_plugin, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ci" / "gpu_benchmark.sh"
 WORKFLOWS = REPO / ".github" / "workflows"
 
-# Every top-level forward pass of a transformers model (the call that returns logits) sleeps
-# FLOOR_S in every run: a latency floor that host load cannot shorten, so the tiny model's
-# ~1 ms of real work (even 50x slower under load) cannot move a run past the test's limits.
-# The injected slowdown adds SLOWDOWN_S on top, in the second run only.
-FLOOR_S = 0.2
-SLOWDOWN_S = 1.0
+# Every run sleeps FLOOR_S per top-level forward pass (tests.helpers.sleep_plugin): about
+# 0.8 s per generate call (2 forwards), against the tiny model's few milliseconds of real work, which load
+# would have to slow 250x to move a run past the limits. The injected slowdown adds
+# SLOWDOWN_S on top, in the slowed runs only.
+FLOOR_S = 0.4
+SLOWDOWN_S = 2.0
 # A run fails if tokens/s fell by more than half, or pytest-benchmark's mean doubled: the
 # slowdown makes each call about (FLOOR_S + SLOWDOWN_S) / FLOOR_S = 6x slower.
 GATE = "tokens_per_s:-50%"
 COMPARE_FAIL = "mean:100%"
-
-SLEEP_PLUGIN = """
-import time
-
-import torch
-from transformers import PreTrainedModel
-
-
-def _sleep_after_forward(module, args, output):
-    if isinstance(module, PreTrainedModel) and getattr(output, "logits", None) is not None:
-        time.sleep({seconds})
-
-
-torch.nn.modules.module.register_module_forward_hook(_sleep_after_forward)
-"""
 
 
 def load_summary_module() -> ModuleType:
@@ -120,8 +105,8 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     summary = load_summary_module()
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "latency_floor.py").write_text(SLEEP_PLUGIN.format(seconds=FLOOR_S), encoding="utf-8")
-    (plugins / "injected_slowdown.py").write_text(SLEEP_PLUGIN.format(seconds=SLOWDOWN_S), encoding="utf-8")
+    (plugins / "latency_floor.py").write_text(sleep_plugin(FLOOR_S), encoding="utf-8")
+    (plugins / "injected_slowdown.py").write_text(sleep_plugin(SLOWDOWN_S), encoding="utf-8")
     config = write_config(tmp_path, one_case_config())
     history = tmp_path / "history"
 

@@ -2,9 +2,11 @@
 check, the end-of-run summary, and the xdist fallback (the suite's own rows).
 
 Decisions are tested with differences machine load cannot produce or reverse: a run gated
-against its own rows (0% change), and a real slowdown injected into the model's forward
-pass (a sleep of 0.25 s per forward against about a millisecond: several hundred times
-slower), with the forward-pass count checked to be unchanged.
+against its own rows (0% change), and a real slowdown injected into the models' forward
+passes. Every compared run sleeps FLOOR_S per forward (a latency floor far above the tiny
+models' milliseconds of work, so load cannot move a case by 2x); the slowed run sleeps
+SLOWDOWN_S more in each LLaDA forward (6x slower), with the forward-pass count checked to
+be unchanged.
 """
 
 from __future__ import annotations
@@ -14,25 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FINAL, PARTIAL, manifest, rows, tiny_config, write_config
+from tests.helpers import FINAL, PARTIAL, manifest, rows, sleep_plugin, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
-SLOWDOWN_PLUGIN = """
-import time
-
-from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
-
-_forward = LLaDAModelLM.forward
+FLOOR_S = 0.2
+SLOWDOWN_S = 1.0
+FLOOR = ["-p", "latency_floor"]
+SLOWED = ["-p", "latency_floor", "-p", "slowdown"]
 
 
-def _slow_forward(self, *args, **kwargs):
-    time.sleep(0.25)
-    return _forward(self, *args, **kwargs)
-
-
-LLaDAModelLM.forward = _slow_forward
-"""
+def _sleep_plugins(project: pytest.Pytester) -> None:
+    """latency_floor (every model, every run) and slowdown (the LLaDA model only, on top of
+    the floor, in the slowed run)."""
+    llada = "dllm_bench.models.llada_hf.modeling_llada.LLaDAModelLM"
+    project.makepyfile(latency_floor=sleep_plugin(FLOOR_S), slowdown=sleep_plugin(SLOWDOWN_S, llada))
 
 
 def _only_run_dir(project: pytest.Pytester) -> Path:
@@ -46,9 +44,10 @@ def _one_case_config(project: pytest.Pytester) -> Path:
 
 def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pytester) -> None:
     path = _one_case_config(bench_project)
+    _sleep_plugins(bench_project)
     storage = bench_project.path / "storage"
     first = bench_project.runpytest_subprocess(
-        "--config", str(path), "--benchmark-autosave", f"--benchmark-storage={storage}", "-k", "llada"
+        "--config", str(path), "--benchmark-autosave", f"--benchmark-storage={storage}", "-k", "llada", *FLOOR
     )
     assert first.ret == pytest.ExitCode.OK
     (saved,) = storage.rglob("*.json")
@@ -59,34 +58,35 @@ def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pyte
     assert all(b["options"]["timer"] == "synchronized_timer" for b in data["benchmarks"])
 
     compare = ["--config", str(path), f"--benchmark-storage={storage}", "--benchmark-compare", "-k", "llada"]
-    same = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:100000%")
+    same = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:100000%", *FLOOR)
     assert same.ret == pytest.ExitCode.OK
     assert "Comparing against benchmarks from" in same.stdout.str() + same.stderr.str()
     assert "(NOW)" in same.stdout.str()
     assert "(0001_unversi" in same.stdout.str()
 
-    # A real slowdown (several hundred times) fails a 50x limit; load cannot reach either.
-    bench_project.makepyfile(slowdown=SLOWDOWN_PLUGIN)
-    slow = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:5000%", "-p", "slowdown")
+    # A real slowdown (6x, above the floor load cannot shorten) fails a limit of 2x.
+    slow = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:100%", *SLOWED)
     assert slow.ret != pytest.ExitCode.OK
     assert "Performance has regressed" in slow.stdout.str() + slow.stderr.str()
 
 
 def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_project: pytest.Pytester) -> None:
     path = _one_case_config(bench_project)
-    first = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "base")
+    _sleep_plugins(bench_project)
+    first = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "base", *FLOOR)
     assert first.ret == pytest.ExitCode.OK
     base = bench_project.path / "base"
     gate = ["--gate", "tokens_per_s:-50%", "--gate-reference", str(base)]
 
     # The run compared with its own rows: 0% change on every case, the gate passes.
-    same = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", str(base), "--resume", *gate)
+    same = bench_project.runpytest_subprocess(
+        "--config", str(path), "--output-dir", str(base), "--resume", *gate, *FLOOR
+    )
     assert same.ret == pytest.ExitCode.OK, same.stdout.str()
     same.stdout.fnmatch_lines(["*gate: compared 2 case/metric pairs against the reference run*"])
     assert manifest(base)["gate"]["passed"] is True
 
-    bench_project.makepyfile(slowdown=SLOWDOWN_PLUGIN)
-    slow = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "slow", "-p", "slowdown", *gate)
+    slow = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "slow", *SLOWED, *gate)
     assert slow.ret == pytest.ExitCode.TESTS_FAILED
     failed = [line for line in slow.stdout.lines if line.startswith("gate FAILED")]
     assert len(failed) == 1, slow.stdout.str()
@@ -176,3 +176,25 @@ def test_under_xdist_the_rows_are_still_measured(bench_project: pytest.Pytester)
         assert row.latency_min_s <= row.latency_mean_s <= row.latency_max_s
         assert row.nfe in {4, 8}
         assert row.xdist_worker in {"gw0", "gw1"}
+
+
+def test_compare_with_a_run_saved_on_another_machine_outside_the_project_warns(
+    bench_project: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The CI history lives outside the checkout; a saved run from another machine (here:
+    another CPU model in its machine_info) is compared with a warning, not an INTERNALERROR.
+    The git commit is not part of machine_info, so another commit is not another machine."""
+    path = _one_case_config(bench_project)
+    storage = tmp_path_factory.mktemp("history")  # not under the project's directory
+    args = ["--config", str(path), f"--benchmark-storage={storage}", "-k", "llada"]
+    assert bench_project.runpytest_subprocess(*args, "--benchmark-autosave").ret == pytest.ExitCode.OK
+    (saved,) = storage.rglob("*.json")
+    data = json.loads(saved.read_text())
+    assert "git_commit" not in data["machine_info"]["dllm_bench"]
+    data["machine_info"]["dllm_bench"]["cpu_model"] = "another CPU"
+    saved.write_text(json.dumps(data))
+    result = bench_project.runpytest_subprocess(*args, "--benchmark-compare")
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.OK, text[-3000:]
+    assert "INTERNALERROR" not in text
+    assert "has another machine_info" in text
