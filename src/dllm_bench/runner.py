@@ -152,16 +152,19 @@ def case_row(case: Case, loaded: LoadedModel | None = None) -> Row:
 
 
 def case_task(case: Case, loaded: LoadedModel) -> Task:
-    """The task object of a case: its prompts and scorer, for this model's vocabulary."""
-    tokenizer = loaded.tokenizer() if case.task == "jsonl" else None
-    return make_task(
-        case.task,
-        dict(case.task_options),
-        vocab_size=loaded.vocab_size,
-        forbidden_ids=loaded.special_ids,
-        tokenizer=tokenizer,
-        eos_ids=loaded.eos_ids,
-    )
+    """The task object of a case: its prompts and scorer, for this model's vocabulary; made
+    once per model, task and options."""
+    key = (case.task, case.task_options)
+    if key not in loaded.tasks:
+        loaded.tasks[key] = make_task(
+            case.task,
+            dict(case.task_options),
+            vocab_size=loaded.vocab_size,
+            forbidden_ids=loaded.special_ids,
+            tokenizer=loaded.tokenizer() if case.task == "jsonl" else None,
+            eos_ids=loaded.eos_ids,
+        )
+    return loaded.tasks[key]
 
 
 def case_feed(case: Case, loaded: LoadedModel, task: Task) -> PromptFeed:

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
@@ -29,6 +29,9 @@ from dllm_bench.models.random_init import (
     verify_folder,
 )
 from dllm_bench.spec import HUB_ID_PATTERN, ModelSpec, one_line
+
+if TYPE_CHECKING:
+    from dllm_bench.tasks import Task
 
 LOG = logging.getLogger("dllm_bench.models")
 
@@ -61,6 +64,8 @@ class LoadedModel:
     location: str = ""
     # Outputs this process computed once and reuses (e.g. exact decodes), by a kind's key.
     memo: dict[tuple[object, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    # Task objects by (task, task options): a JSONL file is read once, not once per case.
+    tasks: dict[tuple[object, ...], Task] = field(default_factory=dict, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
 
     def tokenizer(self) -> Any:
