@@ -217,3 +217,17 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 600.0) -> int:
 
 def output_of(project: Path) -> str:
     return (project / "pytest-output.txt").read_text(errors="replace")
+
+
+def assert_exit(proc: subprocess.Popen[bytes], project: Path, expected: int, output_dir: str = "out") -> None:
+    """Wait for pytest to end and check its exit code; when it is not the expected one,
+    the message holds the ends of pytest's output and of the run's log."""
+    code = finish(proc)
+    if code == expected:
+        return
+    log = project / output_dir / "benchmark.log"
+    log_tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no benchmark.log)"
+    raise AssertionError(
+        f"pytest exited {code}, expected {int(expected)}\n--- output ---\n{output_of(project)[-4000:]}"
+        f"\n--- benchmark.log ---\n{log_tail}"
+    )

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import (
     FINAL,
     PARTIAL,
+    assert_exit,
     case_ids,
     finish,
     manifest,
@@ -48,7 +49,7 @@ def _check_complete(out: Path) -> None:
 def test_two_workers_one_row_per_case_one_load_per_model(grid_project: Path) -> None:
     project = grid_project
     proc = start_pytest(project, "-n", "2")
-    assert finish(proc) == 0, output_of(project)[-3000:]
+    assert_exit(proc, project, 0)
     out = project / "out"
     _check_complete(out)
     assert len(rows(out / PARTIAL)) == len(case_ids(STEPS))
@@ -74,7 +75,7 @@ def test_signal_stops_workers_cleanly_and_resume_completes(grid_project: Path, s
     else:
         os.kill(proc.pid, signum)
     started = time.monotonic()
-    assert finish(proc) == pytest.ExitCode.INTERRUPTED
+    assert_exit(proc, project, pytest.ExitCode.INTERRUPTED)
     stop_s = time.monotonic() - started
     partial = rows(out / PARTIAL)
     final = rows(out / FINAL)
@@ -115,7 +116,7 @@ def test_a_second_signal_during_worker_teardown_loses_nothing(grid_project: Path
     os.killpg(proc.pid, signal.SIGTERM)
     wait_for(lambda: (project / "finishing").exists(), proc, "the controller's end of session")
     os.killpg(proc.pid, signal.SIGTERM)
-    assert finish(proc) == pytest.ExitCode.INTERRUPTED
+    assert_exit(proc, project, pytest.ExitCode.INTERRUPTED)
     partial = rows(out / PARTIAL)
     assert len(partial) >= 2
     assert sorted(r.case_id for r in rows(out / FINAL)) == sorted(r.case_id for r in partial)

@@ -19,6 +19,7 @@ import shlex
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -368,9 +369,14 @@ class RunSession:
 
     def report(self, report: pytest.TestReport) -> None:
         """pytest_runtest_logreport (serial process or xdist controller): append the row a
-        case attached, and count the case once when its outcome is known."""
+        case attached, and count the case once when its outcome is known. A signal that
+        arrives meanwhile is acted on afterwards: a row on disk is a counted row."""
         if self.role == "worker":
             return
+        with self.stopper.held() if self.stopper is not None else nullcontext():
+            self._record_and_count(report)
+
+    def _record_and_count(self, report: pytest.TestReport) -> None:
         row = row_of(report)
         if row is not None and report.when in ("call", "setup") and not self.record_row(row):
             self.unsaved.add(report.nodeid)

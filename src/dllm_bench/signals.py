@@ -8,6 +8,9 @@ moment a run is interrupted (the handler itself switches before it raises, so a 
 Ctrl+C while pytest reports the first is caught too) or starts to save its results,
 SIGINT, SIGTERM and SIGUSR2 are only recorded and logged: the save finishes. `restore`
 puts the previous handlers back.
+
+Inside `held()` (a finished case's row being appended and counted) a signal is kept and
+acted on when the block ends, so that a row on disk is always a counted row.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 LOG = logging.getLogger("dllm_bench.signals")
@@ -33,6 +37,8 @@ class GracefulStop:
         self._request_stop = request_stop
         self._previous: dict[int, Handler] = {}
         self.received: list[str] = []
+        self._holding = False
+        self._pending: list[int] = []
 
     def _set(self, signals: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -51,12 +57,41 @@ class GracefulStop:
         """From now on, signals are recorded, not acted on: the results are being saved."""
         self._set(SAVE_SIGNALS, self._record)
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Signals arriving in the block are acted on when it ends (in arrival order, by
+        the handler then in place), not in the middle of it."""
+        if self._holding:
+            yield
+            return
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            self._act_on_pending()
+
+    def _act_on_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for signum in pending:  # once one raises, the run is interrupted: the rest are moot
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                handler(signum, None)
+
+    def _kept(self, signum: int) -> bool:
+        """Inside `held()`: keep the signal for its end."""
+        if self._holding:
+            self._pending.append(signum)
+        return self._holding
+
     def restore(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._kept(signum):
+            return
         name = signal.Signals(signum).name
         self.received.append(name)
         if len(self.received) == 1:
@@ -70,6 +105,8 @@ class GracefulStop:
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
         """Ctrl+C: interrupt now, as Python's default handler, but from here on record
         further signals instead of letting them break the save."""
+        if self._kept(signum):
+            return
         self.received.append(signal.Signals(signum).name)
         self.defer()
         raise KeyboardInterrupt
