@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 from collections.abc import Iterator
 
 import pytest
 
-from dllm_bench.signals import GracefulStop
+from dllm_bench.signals import GracefulStop, note_records
 
 
 @pytest.fixture
 def stop() -> Iterator[tuple[GracefulStop, list[str]]]:
     requested: list[str] = []
-    handlers = GracefulStop(requested.append)
+
+    def request_stop(reason: str) -> None:
+        requested.append(reason)
+
+    handlers = GracefulStop(request_stop)
     handlers.install()
     try:
         yield handlers, requested
@@ -75,3 +81,46 @@ def test_restore_puts_the_previous_handlers_back() -> None:
     handlers.defer()
     handlers.restore()
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_handler_writes_its_console_line_once_and_leaves_notes_for_the_log() -> None:
+    read_end, write_end = os.pipe()
+    handlers = GracefulStop(lambda reason: None, console_fd=write_end)
+    handlers.install()
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        handlers.defer()
+        for _ in range(3):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        handlers.restore()
+        os.close(write_end)
+    with os.fdopen(read_end) as console:
+        lines = console.read().splitlines()
+    assert lines == [
+        "dllm-bench: received SIGTERM: stopping after the running case (send it again to stop at once)",
+        "dllm-bench: received SIGINT while saving the results; the save finishes first",
+    ]
+    notes = handlers.take_notes()
+    assert [note.level for note in notes] == [logging.WARNING] * 4
+    assert handlers.take_notes() == [], "taken once"
+    records = note_records(notes, logging.getLogger("dllm_bench"))
+    assert [record.getMessage() for record in records] == [
+        "received SIGTERM: stopping after the running case (send it again to stop at once)",
+        "received SIGINT while saving the results; the save finishes first (3 times)",
+    ]
+    assert records[0].created == notes[0].created, "stamped with the time the signal came"
+
+
+def test_a_stop_that_could_not_be_fully_requested_is_noted_as_an_error() -> None:
+    handlers = GracefulStop(lambda reason: f"could not write the stop file ({reason})")
+    handlers.install()
+    try:
+        signal.raise_signal(signal.SIGUSR2)
+    finally:
+        handlers.restore()
+    notes = handlers.take_notes()
+    assert [(note.level, note.message) for note in notes][-1] == (
+        logging.ERROR,
+        "could not write the stop file (SIGUSR2)",
+    )

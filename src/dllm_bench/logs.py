@@ -74,6 +74,22 @@ def close_quietly(handler: logging.Handler) -> str | None:
     return None
 
 
+def log_file_handlers(config: pytest.Config, own: list[logging.Handler]) -> list[logging.Handler]:
+    """The handlers that write the run's log file: pytest's `log_file` handler and the
+    suite's own file handler (without the logging plugin); not the console."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_file_handler", None)
+    pytest_file = [handler] if isinstance(handler, logging.Handler) else []
+    return pytest_file + [h for h in own if isinstance(h, logging.FileHandler)]
+
+
+def write_to_log_files(handlers: list[logging.Handler], records: list[logging.LogRecord]) -> None:
+    """Hand records to the log file handlers only (the console already showed them)."""
+    for handler in handlers:
+        for record in records:
+            handler.handle(record)
+
+
 def close_pytest_log_file(config: pytest.Config) -> str | None:
     """Close pytest's `log_file` handler before the logging plugin does, so that a write
     error on its last flush (disk full) is reported in one line, not as an INTERNALERROR.

@@ -10,6 +10,7 @@ measure (their rows travel to the controller in the test reports).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib
@@ -37,8 +38,10 @@ from dllm_bench.logs import (
     close_pytest_log_file,
     configure_pytest_logging,
     has_logging_plugin,
+    log_file_handlers,
     own_file_handler,
     remove_handler,
+    write_to_log_files,
 )
 from dllm_bench.options import DEFAULT_CONFIG, Options
 from dllm_bench.outputs import (
@@ -56,7 +59,7 @@ from dllm_bench.progress import BarLogHandler, Progress, TerminalStream, choose_
 from dllm_bench.resume import completed_keys, previous_rows, resume_command
 from dllm_bench.rows import CaseKey, Row
 from dllm_bench.sharding import assign_shards, parse_shard
-from dllm_bench.signals import GracefulStop
+from dllm_bench.signals import GracefulStop, duplicate_stderr, note_records
 from dllm_bench.sinks.atomic import StorageError
 from dllm_bench.sinks.csvfiles import (
     FINAL_CSV,
@@ -127,6 +130,7 @@ class RunSession:
     _raise_exceptions: bool = True
     _environment: dict[str, object] | None = None
     _log_handlers: list[logging.Handler] = field(default_factory=list)
+    _console_fd: int | None = None
 
     def __post_init__(self) -> None:
         self.progress = Progress("off", self.counts)
@@ -244,7 +248,8 @@ class RunSession:
     def begin(self, pytest_session: pytest.Session) -> None:
         """Install the signal handlers and the progress display (pytest_sessionstart)."""
         self.pytest_session = pytest_session
-        self.stopper = GracefulStop(self.request_stop)
+        self._console_fd = duplicate_stderr()
+        self.stopper = GracefulStop(self.request_stop, self._console_fd)
         self.stopper.install()
         mode = self.progress_mode
         capman = self.pytest_config.pluginmanager.getplugin("capturemanager")
@@ -373,8 +378,11 @@ class RunSession:
         arrives meanwhile is acted on afterwards: a row on disk is a counted row."""
         if self.role == "worker":
             return
-        with self.stopper.held() if self.stopper is not None else nullcontext():
-            self._record_and_count(report)
+        try:
+            with self.stopper.held() if self.stopper is not None else nullcontext():
+                self._record_and_count(report)
+        finally:
+            self.log_signal_notes()
 
     def _record_and_count(self, report: pytest.TestReport) -> None:
         row = row_of(report)
@@ -411,7 +419,9 @@ class RunSession:
             LOG.error(
                 "%s; the row of case %s is not saved. Stopping after this case: free space and resume", exc, row.case_id
             )
-            self.request_stop("storage")
+            error = self.request_stop("storage")
+            if error:
+                LOG.error("%s", error)
             return False
 
     def case_finished(self, outcome: str) -> None:
@@ -426,10 +436,11 @@ class RunSession:
 
     # --- stopping ------------------------------------------------------------------------
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str) -> str | None:
         """Stop between cases: the session's flag, and under xdist the controller's flag
         and a stop file that every worker checks after each case (a signal sent to the
-        controller alone does not reach the workers)."""
+        controller alone does not reach the workers). Called from a signal handler, so it
+        does not log: returns the error text when the stop file could not be written."""
         session = self.pytest_session
         text = (
             f"received {reason}: stopped after the running case"
@@ -445,7 +456,8 @@ class RunSession:
                 try:
                     write_stop_file(self.output_dir, text)
                 except OSError as exc:
-                    LOG.error("could not write the stop file for the workers: %s", exc)
+                    return f"could not write the stop file for the workers: {exc}"
+        return None
 
     def interrupted(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         """pytest_keyboard_interrupt: remember what stopped the run (a signal, or the stop
@@ -459,6 +471,16 @@ class RunSession:
             self.interrupted_by = "SIGINT"
         if self.stopper is not None:
             self.stopper.defer()
+        self.log_signal_notes()
+
+    def log_signal_notes(self) -> None:
+        """What the signal handlers noted since the last call, into the log file (they
+        wrote their console line themselves). Called only outside handlers."""
+        if self.stopper is None:
+            return
+        notes = self.stopper.take_notes()
+        if notes:
+            write_to_log_files(log_file_handlers(self.pytest_config, self._log_handlers), note_records(notes, LOG))
 
     # --- finish --------------------------------------------------------------------------
 
@@ -467,6 +489,7 @@ class RunSession:
         gate and write the manifest. Signals arriving now are recorded, not acted on."""
         if self.stopper is not None:
             self.stopper.defer()
+        self.log_signal_notes()
         self.progress.close()
         if self.role == "worker" or self.manifest is None:
             return
@@ -482,6 +505,7 @@ class RunSession:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self._write_manifest(exitstatus)
         self._write_report()
+        self.log_signal_notes()
         if self.storage_error and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -644,6 +668,7 @@ class RunSession:
     def close_log_files(self) -> list[str]:
         """pytest_unconfigure, before pytest's logging plugin: the run's log handlers closed;
         a console line for each whose last records could not be written (a full disk)."""
+        self.log_signal_notes()
         errors = [close_pytest_log_file(self.pytest_config)]
         errors += [remove_handler(handler) for handler in self._log_handlers]
         self._log_handlers.clear()
@@ -654,6 +679,10 @@ class RunSession:
         """pytest_unconfigure, last: signal handlers back, progress closed, lock released."""
         if self.stopper is not None:
             self.stopper.restore()
+        if self._console_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._console_fd)
+            self._console_fd = None
         self.progress.close()
         self.close_log_files()
         logging.raiseExceptions = self._raise_exceptions

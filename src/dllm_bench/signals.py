@@ -11,15 +11,26 @@ puts the previous handlers back.
 
 Inside `held()` (a finished case's row being appended and counted) a signal is kept and
 acted on when the block ends, so that a row on disk is always a counted row.
+
+A handler runs between any two bytecodes of the main thread, even inside a log call or a
+write to the console, and may be re-entered by the next signal. So a handler never logs:
+it says what it did in one console line written with `os.write` (once per message) and
+leaves a note that the session logs to the log file at its next safe point (`take_notes`).
+Logging from a handler was seen to raise into the interrupted code (RecursionError inside
+logging under a burst of signals), which lost the save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 
 LOG = logging.getLogger("dllm_bench.signals")
@@ -30,15 +41,61 @@ SAVE_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
-class GracefulStop:
-    """Signal handlers for one session."""
+CONSOLE_PREFIX = "dllm-bench: "
 
-    def __init__(self, request_stop: Callable[[str], None]) -> None:
+
+@dataclass(frozen=True)
+class SignalNote:
+    """What a handler did, for the log file: when, how bad, what."""
+
+    created: float
+    level: int
+    message: str
+
+
+def duplicate_stderr() -> int | None:
+    """A duplicate of file descriptor 2 for the handlers' console lines, taken while pytest
+    does not capture it (session start); None where there is none."""
+    try:
+        return os.dup(2)
+    except OSError:
+        return None
+
+
+def note_records(notes: list[SignalNote], logger: logging.Logger) -> list[logging.LogRecord]:
+    """Log records for notes, a run of identical messages as one record with its count,
+    each stamped with the time its first signal arrived."""
+    records: list[logging.LogRecord] = []
+    index = 0
+    while index < len(notes):
+        first = notes[index]
+        count = 1
+        while index + count < len(notes) and notes[index + count].message == first.message:
+            count += 1
+        message = first.message if count == 1 else f"{first.message} ({count} times)"
+        record = logger.makeRecord(logger.name, first.level, "(signal)", 0, message, (), None)
+        record.created = first.created
+        record.msecs = (first.created % 1) * 1000
+        records.append(record)
+        index += count
+    return records
+
+
+class GracefulStop:
+    """Signal handlers for one session. `request_stop(reason)` asks for a stop after the
+    running case and returns an error text when part of that failed (else None);
+    `console_fd` is where handlers write their one line (a duplicate of the terminal's
+    stderr, taken while pytest does not capture it), None for no console line."""
+
+    def __init__(self, request_stop: Callable[[str], str | None], console_fd: int | None = None) -> None:
         self._request_stop = request_stop
+        self._console_fd = console_fd
         self._previous: dict[int, Handler] = {}
         self.received: list[str] = []
         self._holding = False
         self._pending: list[int] = []
+        self._notes: list[SignalNote] = []
+        self._said: set[str] = set()
 
     def _set(self, signals: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -89,16 +146,33 @@ class GracefulStop:
             signal.signal(sig, previous)
         self._previous.clear()
 
+    def take_notes(self) -> list[SignalNote]:
+        """The notes left by handlers since the last call (not from a handler: for logging)."""
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _note(self, level: int, message: str) -> None:
+        """From a handler: a note for the log, and the message on the console once."""
+        self._notes.append(SignalNote(time.time(), level, message))
+        if self._console_fd is None or message in self._said:
+            return
+        self._said.add(message)
+        with contextlib.suppress(OSError):
+            os.write(self._console_fd, f"{CONSOLE_PREFIX}{message}\n".encode())
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._kept(signum):
             return
         name = signal.Signals(signum).name
         self.received.append(name)
         if len(self.received) == 1:
-            LOG.warning("received %s: stopping after the running case (send it again to stop at once)", name)
-            self._request_stop(name)
+            stopping = "stopping after the running case (send it again to stop at once)"
+            self._note(logging.WARNING, f"received {name}: {stopping}")
+            error = self._request_stop(name)
+            if error:
+                self._note(logging.ERROR, error)
             return
-        LOG.warning("received %s again: interrupting now", name)
+        self._note(logging.WARNING, f"received {name} again: interrupting now")
         self.defer()
         raise KeyboardInterrupt(f"second stop signal ({name})")
 
@@ -112,5 +186,5 @@ class GracefulStop:
         raise KeyboardInterrupt
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        LOG.warning("received %s while saving the results; the save finishes first", signal.Signals(signum).name)
-
+        name = signal.Signals(signum).name
+        self._note(logging.WARNING, f"received {name} while saving the results; the save finishes first")
