@@ -7,14 +7,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dllm_bench.backends.llada import LladaSettings
 from dllm_bench.rows import Row
+from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.sinks.csvfiles import FINAL_CSV, PARTIAL_CSV, write_rows_atomic
 from dllm_bench.sinks.gate import parse_gate
 from dllm_bench.sinks.manifest import Counts, GateRecord, Manifest, read_manifest, write_manifest
@@ -714,3 +716,13 @@ def test_cli_refuses_what_it_cannot_report_on(
     (tmp_path / "empty").mkdir()
     assert report_main(make_args(tmp_path)) == 2
     assert message in caplog.text
+
+
+def test_the_report_command_does_not_import_torch() -> None:
+    """dllm-bench-report reads CSVs and draws: importing torch cost it 5 to 8 s of start-up."""
+    code = (
+        "import sys, dllm_bench.sinks.report.cli; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -16,7 +16,8 @@ import pytest
 import torch
 import transformers
 
-from dllm_bench.environment import ENVIRONMENT_COLUMNS, capture_environment
+from dllm_bench.environment import capture_environment
+from dllm_bench.rows import ENVIRONMENT_COLUMNS
 from dllm_bench.trackers import EnergyTracker, MemoryTracker, nvml_handle, nvml_pci_bus_id, peak_rss_bytes
 
 REPO_DIR = Path(__file__).resolve().parents[1]

@@ -16,28 +16,14 @@ from pathlib import Path
 
 import torch
 
+from dllm_bench.rows import ENVIRONMENT_COLUMNS
+
 try:
     import pynvml  # type: ignore[import-untyped]
 except ImportError:  # nvidia-ml-py is absent: the driver version stays empty
     pynvml = None
 
 logger = logging.getLogger(__name__)
-
-ENVIRONMENT_COLUMNS: tuple[str, ...] = (
-    "cpu_model",
-    "gpu_name",
-    "gpu_count",
-    "driver_version",
-    "cuda_version",
-    "torch_version",
-    "transformers_version",
-    "python_version",
-    "host",
-    "git_commit",
-    "git_dirty",
-    "cuda_visible_devices",
-    "xdist_worker",
-)
 
 GIT_TIMEOUT_S = 5.0
 

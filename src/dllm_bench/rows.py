@@ -299,3 +299,21 @@ def number(row: Row, name: str) -> float | None:
         raise KeyError(f"{name} is not a numeric column")
     value = getattr(row, name)
     return None if value is None else float(value)
+
+
+#: The columns `environment.capture_environment` fills: what a row was measured on.
+ENVIRONMENT_COLUMNS: tuple[str, ...] = (
+    "cpu_model",
+    "gpu_name",
+    "gpu_count",
+    "driver_version",
+    "cuda_version",
+    "torch_version",
+    "transformers_version",
+    "python_version",
+    "host",
+    "git_commit",
+    "git_dirty",
+    "cuda_visible_devices",
+    "xdist_worker",
+)

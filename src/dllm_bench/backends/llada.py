@@ -7,7 +7,6 @@ import logging
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +23,10 @@ from dllm_bench.sampling.llada import (
     LLADA_DEFAULTS,
     REMASKING_STRATEGIES,
     DecodingError,
-    forward_pass_bounds,
     generate,
     validate_decoding,
 )
+from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.spec import Checker, ModelSpec
 
 if TYPE_CHECKING:
@@ -45,96 +44,6 @@ TOKEN_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
 # a grid key shared by all kinds, so "gen_length must be a multiple of block_length" is
 # reported as the LLaDA axis block_length.
 PROBLEM_KEYS = {"gen_length": "llada.block_length"}
-
-
-def _number(value: float) -> str:
-    """`0.5` -> `0.5`, `2.0` -> `2`: short and stable."""
-    return f"{value:g}"
-
-
-@dataclass(frozen=True)
-class LladaSettings:
-    """How a LLaDA case decodes. `steps` is None with `threshold` or `factor`: the number of
-    forward passes then follows from the commit rule, not from a schedule."""
-
-    steps: int | None
-    block_length: int
-    remasking: str = LLADA_DEFAULTS.remasking
-    temperature: float = LLADA_DEFAULTS.temperature
-    cfg_scale: float = LLADA_DEFAULTS.cfg_scale
-    cache: str = LLADA_DEFAULTS.cache
-    threshold: float | None = LLADA_DEFAULTS.threshold
-    factor: float | None = LLADA_DEFAULTS.factor
-
-    def columns(self) -> dict[str, object]:
-        return {
-            "steps": self.steps,
-            "block_length": self.block_length,
-            "remasking": self.remasking,
-            "temperature": self.temperature,
-            "cfg_scale": self.cfg_scale,
-            "cache": self.cache,
-            "threshold": self.threshold,
-            "factor": self.factor,
-        }
-
-    def id_parts(self) -> list[str]:
-        """`s<steps>-k<block_length>` (no `s` part with a commit rule), then only what differs
-        from the defaults: `random`, `t<temperature>`, `cfg<cfg_scale>`, `c<cache>`,
-        `th<threshold>`, `f<factor>`."""
-        parts = [] if self.steps is None else [f"s{self.steps}"]
-        parts.append(f"k{self.block_length}")
-        if self.remasking != LLADA_DEFAULTS.remasking:
-            parts.append(self.remasking)
-        if self.temperature:
-            parts.append(f"t{_number(self.temperature)}")
-        if self.cfg_scale:
-            parts.append(f"cfg{_number(self.cfg_scale)}")
-        if self.cache != LLADA_DEFAULTS.cache:
-            parts.append(f"c{self.cache}")
-        if self.threshold is not None:
-            parts.append(f"th{_number(self.threshold)}")
-        if self.factor is not None:
-            parts.append(f"f{_number(self.factor)}")
-        return parts
-
-    def expected_nfe(self, gen_length: int) -> int:
-        """The most forward passes one call can make (the progress bar's length)."""
-        _, most = forward_pass_bounds(
-            steps=self.steps,
-            gen_length=gen_length,
-            block_length=self.block_length,
-            threshold=self.threshold,
-            factor=self.factor,
-        )
-        return most
-
-    def batch_factor(self) -> int:
-        return 2 if self.cfg_scale else 1
-
-    def work_per_call(self, prompt_length: int, gen_length: int, batch_size: int) -> float:
-        """Forward passes (at most) times the (batch, prompt + gen) canvas, doubled with cfg;
-        a cache makes the real work smaller, which only unbalances shards a little."""
-        return float(self.expected_nfe(gen_length) * batch_size * (prompt_length + gen_length) * self.batch_factor())
-
-    @classmethod
-    def from_columns(cls, columns: Mapping[str, Any]) -> LladaSettings:
-        """The settings of a row (its `steps`, ..., `factor` columns); defaults where empty."""
-
-        def value(key: str, default: Any) -> Any:
-            found = columns.get(key)
-            return default if found is None else found
-
-        return cls(
-            steps=columns.get("steps"),
-            block_length=int(value("block_length", 1)),
-            remasking=str(value("remasking", LLADA_DEFAULTS.remasking)),
-            temperature=float(value("temperature", LLADA_DEFAULTS.temperature)),
-            cfg_scale=float(value("cfg_scale", LLADA_DEFAULTS.cfg_scale)),
-            cache=str(value("cache", LLADA_DEFAULTS.cache)),
-            threshold=columns.get("threshold"),
-            factor=columns.get("factor"),
-        )
 
 
 def _llada_types() -> dict[str, tuple[type, ...]]:

@@ -65,13 +65,25 @@ as the exact mode always did.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from dllm_bench.sampling.schedule import (
+    CACHE_MODES,
+    LLADA_DEFAULTS,
+    REMASKING_STRATEGIES,
+    DecodingError,
+    LladaDecodingDefaults,
+    forward_pass_bounds,
+    num_forward_passes,
+    transfer_schedule,
+    validate_decoding,
+    validate_schedule,
+)
 
 __all__ = [
     "CACHE_MODES",
@@ -87,189 +99,9 @@ __all__ = [
     "validate_schedule",
 ]
 
-REMASKING_STRATEGIES: tuple[str, ...] = ("low_confidence", "random")
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
-
-
-@dataclass(frozen=True)
-class LladaDecodingDefaults:
-    """The defaults of the LLaDA decoding options (``steps`` and ``block_length`` have none)."""
-
-    remasking: str = "low_confidence"
-    temperature: float = 0.0
-    cfg_scale: float = 0.0
-    cache: str = "none"
-    threshold: float | None = None
-    factor: float | None = None
-
-
-#: The one place the LLaDA decoding defaults are written down.
-LLADA_DEFAULTS = LladaDecodingDefaults()
-
 _NEG_INF = float("-inf")
 
 OnForward = Callable[[], None] | None
-
-
-class DecodingError(ValueError):
-    """Invalid decoding options; ``problems`` holds one message per offending parameter."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems: tuple[str, ...] = tuple(problems)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite(value: object) -> float | None:
-    """``value`` as a float if it is a finite real number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _positive_int_problem(name: str, value: object) -> str | None:
-    if not _is_int(value):
-        return f"{name} must be a positive integer, got {value!r}"
-    assert isinstance(value, int)
-    return None if value > 0 else f"{name} must be a positive integer, got {value}"
-
-
-def _schedule_problems(steps: object, gen_length: object, block_length: object, dynamic: bool) -> list[str]:
-    """The step/block schedule rule (the only copy of it)."""
-    problems: list[str] = []
-    if dynamic and steps is None:
-        steps_problem = None  # steps do not matter with threshold or factor
-    elif steps is None:
-        steps_problem = "steps must be a positive integer, got None (it may be omitted only with threshold or factor)"
-    else:
-        steps_problem = _positive_int_problem("steps", steps)
-    sizes = [_positive_int_problem("gen_length", gen_length), _positive_int_problem("block_length", block_length)]
-    problems.extend(p for p in (steps_problem, *sizes) if p is not None)
-    if any(sizes):
-        return problems
-    assert isinstance(gen_length, int) and isinstance(block_length, int)
-    if gen_length % block_length != 0:
-        problems.append(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
-        return problems
-    num_blocks = gen_length // block_length
-    if not dynamic and steps_problem is None and isinstance(steps, int) and steps % num_blocks != 0:
-        problems.append(
-            f"steps ({steps}) must be a multiple of the number of blocks gen_length/block_length = {num_blocks}"
-        )
-    return problems
-
-
-def _rule_problems(threshold: object, factor: object) -> list[str]:
-    problems = []
-    if threshold is not None and factor is not None:
-        problems.append(
-            f"threshold and factor exclude each other: set one of them (got threshold={threshold!r}, factor={factor!r})"
-        )
-    tau = _finite(threshold)
-    if threshold is not None and (tau is None or not 0 < tau <= 1):
-        problems.append(f"threshold must be null or a number in (0, 1], got {threshold!r}")
-    f = _finite(factor)
-    if factor is not None and (f is None or f <= 0):
-        problems.append(f"factor must be null or a finite number > 0, got {factor!r}")
-    return problems
-
-
-def _option_problems(cache: object, cfg_scale: object, temperature: object, remasking: object) -> list[str]:
-    problems = []
-    if cache not in CACHE_MODES:
-        problems.append(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
-    if remasking not in REMASKING_STRATEGIES:
-        problems.append(
-            f"unknown remasking {remasking!r}; expected one of " + ", ".join(repr(r) for r in REMASKING_STRATEGIES)
-        )
-    for name, value in (("temperature", temperature), ("cfg_scale", cfg_scale)):
-        number = _finite(value)
-        if number is None or number < 0:
-            problems.append(f"{name} must be a finite number >= 0, got {value!r}")
-    return problems
-
-
-def validate_decoding(
-    *,
-    steps: int | None,
-    gen_length: int,
-    block_length: int,
-    cache: str = LLADA_DEFAULTS.cache,
-    threshold: float | None = LLADA_DEFAULTS.threshold,
-    factor: float | None = LLADA_DEFAULTS.factor,
-    cfg_scale: float = LLADA_DEFAULTS.cfg_scale,
-    temperature: float = LLADA_DEFAULTS.temperature,
-    remasking: str = LLADA_DEFAULTS.remasking,
-) -> None:
-    """Raise :class:`DecodingError` (a ``ValueError``) listing every invalid option; return None if all are valid.
-
-    Valid means: ``gen_length`` and ``block_length`` are positive integers and
-    ``gen_length`` is a multiple of ``block_length``; without ``threshold`` and
-    ``factor``, ``steps`` is a positive integer and a multiple of the number of
-    blocks ``gen_length // block_length`` (with one of them, ``steps`` may be
-    None and is not used); ``threshold`` (tau in (0, 1]) and ``factor`` (> 0)
-    are not both set; ``cache`` is one of :data:`CACHE_MODES`; ``remasking`` one
-    of :data:`REMASKING_STRATEGIES`; ``temperature`` and ``cfg_scale`` are
-    finite and >= 0. cfg works with every cache mode (one cache per branch).
-    """
-    dynamic = threshold is not None or factor is not None
-    problems = _schedule_problems(steps, gen_length, block_length, dynamic)
-    problems += _rule_problems(threshold, factor)
-    problems += _option_problems(cache, cfg_scale, temperature, remasking)
-    if problems:
-        raise DecodingError(problems)
-
-
-def validate_schedule(*, steps: int, gen_length: int, block_length: int) -> None:
-    """The fixed-step schedule check alone: :func:`validate_decoding` with the other options at their defaults."""
-    validate_decoding(steps=steps, gen_length=gen_length, block_length=block_length)
-
-
-def forward_pass_bounds(
-    *,
-    steps: int | None,
-    gen_length: int,
-    block_length: int,
-    threshold: float | None = None,
-    factor: float | None = None,
-) -> tuple[int, int]:
-    """Fewest and most model forwards one :func:`generate` call can make (cfg or not, any batch).
-
-    Fixed schedule: exactly ``num_blocks * min(steps_per_block, block_length)``
-    (steps that commit nothing are skipped). With ``threshold`` or ``factor``:
-    at least one per block and at most one per generated position.
-    """
-    validate_decoding(
-        steps=steps, gen_length=gen_length, block_length=block_length, threshold=threshold, factor=factor
-    )
-    num_blocks = gen_length // block_length
-    if threshold is not None or factor is not None:
-        return num_blocks, gen_length
-    assert steps is not None
-    exact = num_blocks * min(steps // num_blocks, block_length)
-    return exact, exact
-
-
-def num_forward_passes(*, steps: int, gen_length: int, block_length: int) -> int:
-    """Model forwards of one fixed-schedule :func:`generate` call (one per step that commits something)."""
-    low, _ = forward_pass_bounds(steps=steps, gen_length=gen_length, block_length=block_length)
-    return low
-
-
-def transfer_schedule(masked: int, steps: int) -> list[int]:
-    """Tokens committed at each of ``steps`` steps when ``masked`` positions are masked.
-
-    ``masked`` is split evenly; the first ``masked % steps`` steps commit one more.
-    Steps may commit nothing when ``steps > masked``.
-    """
-    base, remainder = divmod(masked, steps)
-    return [base + 1 if i < remainder else base for i in range(steps)]
 
 
 def _validate_inputs(prompt: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
@@ -386,9 +218,9 @@ class _Options:
         return self.cfg_scale > 0.0
 
 
-def _canvas(prompt: torch.Tensor, attention_mask: torch.Tensor | None, options: _Options) -> tuple[
-    torch.Tensor, torch.Tensor | None
-]:
+def _canvas(
+    prompt: torch.Tensor, attention_mask: torch.Tensor | None, options: _Options
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The (B, P + G) canvas (prompt, then masks) and the prompt's mask extended over the generated part."""
     batch, prompt_len = prompt.shape
     x = torch.full((batch, prompt_len + options.gen_length), options.mask_id, dtype=torch.long, device=prompt.device)

@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dllm_bench.backends.llada import LladaSettings
 from dllm_bench.rows import Row, number
+from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.sinks.csvfiles import latest_per_case
 from dllm_bench.sinks.gate import GateRule, change_in, check_gate
 

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dllm_bench.environment import ENVIRONMENT_COLUMNS
-from dllm_bench.rows import Row
+from dllm_bench.rows import ENVIRONMENT_COLUMNS, Row
 from dllm_bench.sinks.report.data import (
     Change,
     Comparison,
