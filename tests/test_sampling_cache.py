@@ -527,6 +527,18 @@ def test_every_problem_is_reported_at_once() -> None:
     problems = excinfo.value.problems
     assert len(problems) == 5
     assert [p.split()[0] for p in problems] == ["steps", "threshold", "threshold", "factor", "cache"]
+    assert excinfo.value.parameters == ("steps", "threshold", "threshold", "factor", "cache")
+
+
+def test_each_problem_names_its_parameter() -> None:
+    """The config check files a problem under the parameter the error names, not under the
+    message's first word ("unknown remasking ..." is about remasking)."""
+    with pytest.raises(DecodingError) as excinfo:
+        validate_decoding(steps=3, gen_length=16, block_length=5, remasking="top_k", temperature=-1.0, cfg_scale=-1.0)
+    assert excinfo.value.parameters == ("gen_length", "remasking", "temperature", "cfg_scale")
+    with pytest.raises(DecodingError) as excinfo:
+        validate_decoding(steps=3, gen_length=16, block_length=8)
+    assert excinfo.value.parameters == ("steps",)
 
 
 @pytest.mark.parametrize("rule", [{"threshold": 1.0}, {"threshold": 1e-9}, {"factor": 1e-9}, {"factor": 100.0}])

@@ -118,8 +118,7 @@ class LladaBackend(Backend):
                 try:
                     validate_decoding(gen_length=gen_length, **item.columns())  # type: ignore[arg-type]
                 except DecodingError as exc:
-                    for problem in exc.problems:
-                        name = problem.split(" ", 1)[0].strip("'(")
+                    for name, problem in zip(exc.parameters, exc.problems, strict=True):
                         key = PROBLEM_KEYS.get(name, f"llada.{name}" if name in SECTION_KEYS else "llada")
                         message = f"a valid setting for grid.gen_length={gen_length}: {problem}"
                         if key + message not in seen:

@@ -44,12 +44,19 @@ class LladaDecodingDefaults:
 LLADA_DEFAULTS = LladaDecodingDefaults()
 
 
-class DecodingError(ValueError):
-    """Invalid decoding options; ``problems`` holds one message per offending parameter."""
+#: A problem of the decoding options: the parameter it is about, and the message.
+Problem = tuple[str, str]
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems: tuple[str, ...] = tuple(problems)
+
+class DecodingError(ValueError):
+    """Invalid decoding options; ``problems`` holds one message per offending parameter and
+    ``parameters`` the parameter each is about (``"threshold"`` when threshold and factor
+    are both set)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.parameters: tuple[str, ...] = tuple(name for name, _ in problems)
+        self.problems: tuple[str, ...] = tuple(message for _, message in problems)
 
 
 # --------------------------------------------------------------------------- validation
@@ -66,20 +73,22 @@ def _finite(value: object) -> float | None:
     return float(value)
 
 
-def _positive_int_problem(name: str, value: object) -> str | None:
+def _positive_int_problem(name: str, value: object) -> Problem | None:
     if not _is_int(value):
-        return f"{name} must be a positive integer, got {value!r}"
+        return name, f"{name} must be a positive integer, got {value!r}"
     assert isinstance(value, int)
-    return None if value > 0 else f"{name} must be a positive integer, got {value}"
+    return None if value > 0 else (name, f"{name} must be a positive integer, got {value}")
 
 
-def _schedule_problems(steps: object, gen_length: object, block_length: object, dynamic: bool) -> list[str]:
+def _schedule_problems(steps: object, gen_length: object, block_length: object, dynamic: bool) -> list[Problem]:
     """The step/block schedule rule (the only copy of it)."""
-    problems: list[str] = []
+    problems: list[Problem] = []
+    steps_problem: Problem | None
     if dynamic and steps is None:
         steps_problem = None  # steps do not matter with threshold or factor
     elif steps is None:
-        steps_problem = "steps must be a positive integer, got None (it may be omitted only with threshold or factor)"
+        omitted = "steps must be a positive integer, got None (it may be omitted only with threshold or factor)"
+        steps_problem = ("steps", omitted)
     else:
         steps_problem = _positive_int_problem("steps", steps)
     sizes = [_positive_int_problem("gen_length", gen_length), _positive_int_problem("block_length", block_length)]
@@ -88,43 +97,41 @@ def _schedule_problems(steps: object, gen_length: object, block_length: object, 
         return problems
     assert isinstance(gen_length, int) and isinstance(block_length, int)
     if gen_length % block_length != 0:
-        problems.append(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+        multiple = f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
+        problems.append(("gen_length", multiple))
         return problems
     num_blocks = gen_length // block_length
     if not dynamic and steps_problem is None and isinstance(steps, int) and steps % num_blocks != 0:
-        problems.append(
-            f"steps ({steps}) must be a multiple of the number of blocks gen_length/block_length = {num_blocks}"
-        )
+        blocks = f"the number of blocks gen_length/block_length = {num_blocks}"
+        problems.append(("steps", f"steps ({steps}) must be a multiple of {blocks}"))
     return problems
 
 
-def _rule_problems(threshold: object, factor: object) -> list[str]:
-    problems = []
+def _rule_problems(threshold: object, factor: object) -> list[Problem]:
+    problems: list[Problem] = []
     if threshold is not None and factor is not None:
-        problems.append(
-            f"threshold and factor exclude each other: set one of them (got threshold={threshold!r}, factor={factor!r})"
-        )
+        both = f"got threshold={threshold!r}, factor={factor!r}"
+        problems.append(("threshold", f"threshold and factor exclude each other: set one of them ({both})"))
     tau = _finite(threshold)
     if threshold is not None and (tau is None or not 0 < tau <= 1):
-        problems.append(f"threshold must be null or a number in (0, 1], got {threshold!r}")
+        problems.append(("threshold", f"threshold must be null or a number in (0, 1], got {threshold!r}"))
     f = _finite(factor)
     if factor is not None and (f is None or f <= 0):
-        problems.append(f"factor must be null or a finite number > 0, got {factor!r}")
+        problems.append(("factor", f"factor must be null or a finite number > 0, got {factor!r}"))
     return problems
 
 
-def _option_problems(cache: object, cfg_scale: object, temperature: object, remasking: object) -> list[str]:
-    problems = []
+def _option_problems(cache: object, cfg_scale: object, temperature: object, remasking: object) -> list[Problem]:
+    problems: list[Problem] = []
     if cache not in CACHE_MODES:
-        problems.append(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
+        problems.append(("cache", f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}"))
     if remasking not in REMASKING_STRATEGIES:
-        problems.append(
-            f"unknown remasking {remasking!r}; expected one of " + ", ".join(repr(r) for r in REMASKING_STRATEGIES)
-        )
+        expected = ", ".join(repr(r) for r in REMASKING_STRATEGIES)
+        problems.append(("remasking", f"unknown remasking {remasking!r}; expected one of {expected}"))
     for name, value in (("temperature", temperature), ("cfg_scale", cfg_scale)):
         number = _finite(value)
         if number is None or number < 0:
-            problems.append(f"{name} must be a finite number >= 0, got {value!r}")
+            problems.append((name, f"{name} must be a finite number >= 0, got {value!r}"))
     return problems
 
 
