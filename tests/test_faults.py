@@ -115,6 +115,9 @@ def test_unreadable_lines_are_skipped_and_logged_on_resume(project: Path, line: 
     assert "INTERNALERROR" not in text and "Traceback" not in text
     assert _ids(out / FINAL) == TINY_IDS
     assert why in (out / "benchmark.log").read_text(errors="replace")
+    # Read (and reported) once when the run starts and once when it saves, not a third
+    # time to find the cases already done.
+    assert text.count(f"{out / PARTIAL}: skipped line") == 2, text[-3000:]
 
 
 def test_a_partial_file_that_is_a_directory_is_refused(project: Path) -> None:

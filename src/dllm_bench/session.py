@@ -131,6 +131,9 @@ class RunSession:
     _environment: dict[str, object] | None = None
     _log_handlers: list[logging.Handler] = field(default_factory=list)
     _console_fd: int | None = None
+    # With --resume, the rows the directory held when the run started (read once; the lock
+    # keeps other runs out, so they stay what the directory holds until this run writes).
+    _resumed_rows: list[Row] | None = None
 
     def __post_init__(self) -> None:
         self.progress = Progress("off", self.counts)
@@ -197,7 +200,7 @@ class RunSession:
             if not self.options.resume:
                 refuse_existing_results(self.output_dir)
             else:
-                previous_rows(self.output_dir)  # readable, or a clear error now
+                self._resumed_rows = previous_rows(self.output_dir)  # readable, or a clear error now
             probe_writable(self.output_dir)
         except (OutputDirError, ResultsFileError, OSError) as exc:
             self.release()
@@ -309,6 +312,12 @@ class RunSession:
         which does not collect, and with xdist's `@group` suffix)."""
         return "[" in nodeid and case_id_of(nodeid) in self.case_ids
 
+    def _rows_held_at_start(self) -> list[Row]:
+        """The rows the run directory held at the start (an xdist worker reads them here)."""
+        if self._resumed_rows is None:
+            self._resumed_rows = previous_rows(self.output_dir)
+        return self._resumed_rows
+
     def deselect(self, cases: Sequence[Case]) -> set[str]:
         """Case ids to drop: other shards' cases, and with --resume the cases already done."""
         drop: set[str] = set()
@@ -321,7 +330,7 @@ class RunSession:
             )
             drop |= other
         if self.options.resume:
-            done = completed_keys(previous_rows(self.output_dir))
+            done = completed_keys(self._rows_held_at_start())
             already = {c.case_id for c in cases if c.key() in done and c.case_id not in drop}
             self.counts.already_done = len(already)
             left = len(cases) - len(drop) - len(already)
