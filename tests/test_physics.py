@@ -129,3 +129,32 @@ def test_tokens_until_eos_counts_up_to_and_including_the_first_eos() -> None:
     assert tokens_until_eos(generated, []) == 12
     # A generation that stopped early is counted against the configured length.
     assert tokens_until_eos(torch.tensor([[1, 2]]), [7], length=4) == 4
+
+
+def _forwards_of_run_case(models: ModelCache, case: Case) -> tuple[int, float | None]:
+    """Every forward pass `run_case` makes (timed or not), and the row's agreement_exact;
+    with no exact decode remembered from earlier cases."""
+    loaded = models.get(case.model)
+    loaded.memo.clear()
+    count = [0]
+    hook = loaded.model.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    try:
+        row = run_case(case, loaded)
+    finally:
+        hook.remove()
+    return count[0], row.agreement_exact
+
+
+def test_a_greedy_exact_case_is_its_own_reference_and_is_not_decoded_again(
+    cases_and_models: tuple[list[Case], ModelCache],
+) -> None:
+    cases, models = cases_and_models
+    exact = _case(cases, "llada", steps=32, block_length=8)
+    rounds = exact.warmup_rounds + exact.measured_rounds
+    forwards, agreement = _forwards_of_run_case(models, exact)
+    assert (forwards, agreement) == (rounds * 32, 1.0)
+    # A faster setting decodes the exact reference once per measured round, untimed.
+    fast = _case(cases, "llada", steps=8, block_length=8)
+    forwards, agreement = _forwards_of_run_case(models, fast)
+    assert forwards == rounds * 8 + fast.measured_rounds * 32
+    assert agreement is not None and 0 <= agreement <= 1
