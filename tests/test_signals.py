@@ -12,6 +12,17 @@ import pytest
 from dllm_bench.signals import GracefulStop, note_records
 
 
+@pytest.fixture(autouse=True)
+def _python_default_sigint() -> Iterator[None]:
+    """The suite takes over Ctrl+C only from Python's default handler; an xdist worker
+    ignores SIGINT (the controller handles it), so the tests set the default themselves."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def stop() -> Iterator[tuple[GracefulStop, list[str]]]:
     requested: list[str] = []
