@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from dllm_bench.backends.llada import LladaSettings
 from dllm_bench.config import ConfigError, check_runnable, load_config, parse_config
+from dllm_bench.sampling.schedule import LladaSettings
 from tests.helpers import tiny_config, write_config
 
 

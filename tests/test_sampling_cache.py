@@ -22,17 +22,16 @@ from torch import nn
 
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
-from dllm_bench.sampling.llada import (
+from dllm_bench.sampling.llada import _first_argmax, generate
+from dllm_bench.sampling.reference import generate_reference
+from dllm_bench.sampling.schedule import (
     CACHE_MODES,
     LLADA_DEFAULTS,
     DecodingError,
-    _first_argmax,
     forward_pass_bounds,
-    generate,
     num_forward_passes,
     validate_decoding,
 )
-from dllm_bench.sampling.reference import generate_reference
 
 VOCAB = 96
 MASK_ID = VOCAB - 1

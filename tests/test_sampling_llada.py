@@ -15,14 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from dllm_bench.sampling.llada import (
-    _select_transfer,
-    generate,
-    num_forward_passes,
-    transfer_schedule,
-    validate_schedule,
-)
+from dllm_bench.sampling.llada import _select_transfer, generate
 from dllm_bench.sampling.reference import generate_reference
+from dllm_bench.sampling.schedule import num_forward_passes, transfer_schedule, validate_schedule
 
 VOCAB = 96
 MASK_ID = VOCAB - 1

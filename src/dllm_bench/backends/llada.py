@@ -18,15 +18,15 @@ from dllm_bench.models.llada_checkpoint import load_llada_checkpoint, register_l
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import _check_supported
 from dllm_bench.models.random_init import LLADA_REMOTE_CODE_FILES, llada_source_dir, write_llada_folder
-from dllm_bench.sampling.llada import (
+from dllm_bench.sampling.llada import generate
+from dllm_bench.sampling.schedule import (
     CACHE_MODES,
     LLADA_DEFAULTS,
     REMASKING_STRATEGIES,
     DecodingError,
-    generate,
+    LladaSettings,
     validate_decoding,
 )
-from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.spec import Checker, ModelSpec
 
 if TYPE_CHECKING:

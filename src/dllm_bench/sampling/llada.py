@@ -72,32 +72,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dllm_bench.sampling.schedule import (
-    CACHE_MODES,
-    LLADA_DEFAULTS,
-    REMASKING_STRATEGIES,
-    DecodingError,
-    LladaDecodingDefaults,
-    forward_pass_bounds,
-    num_forward_passes,
-    transfer_schedule,
-    validate_decoding,
-    validate_schedule,
-)
+from dllm_bench.sampling.schedule import LLADA_DEFAULTS, transfer_schedule, validate_decoding
 
-__all__ = [
-    "CACHE_MODES",
-    "LLADA_DEFAULTS",
-    "REMASKING_STRATEGIES",
-    "DecodingError",
-    "LladaDecodingDefaults",
-    "forward_pass_bounds",
-    "generate",
-    "num_forward_passes",
-    "transfer_schedule",
-    "validate_decoding",
-    "validate_schedule",
-]
+__all__ = ["generate"]
 
 _NEG_INF = float("-inf")
 
