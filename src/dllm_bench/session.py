@@ -10,7 +10,6 @@ measure (their rows travel to the controller in the test reports).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import importlib
@@ -59,7 +58,7 @@ from dllm_bench.progress import BarLogHandler, Progress, TerminalStream, choose_
 from dllm_bench.resume import completed_keys, previous_rows, resume_command
 from dllm_bench.rows import CaseKey, Row
 from dllm_bench.sharding import assign_shards, parse_shard
-from dllm_bench.signals import GracefulStop, duplicate_stderr, note_records
+from dllm_bench.signals import GracefulStop, note_records
 from dllm_bench.sinks.atomic import StorageError
 from dllm_bench.sinks.csvfiles import (
     FINAL_CSV,
@@ -130,7 +129,6 @@ class RunSession:
     _raise_exceptions: bool = True
     _environment: dict[str, object] | None = None
     _log_handlers: list[logging.Handler] = field(default_factory=list)
-    _console_fd: int | None = None
     # With --resume, the rows the directory held when the run started (read once; the lock
     # keeps other runs out, so they stay what the directory holds until this run writes).
     _resumed_rows: list[Row] | None = None
@@ -251,8 +249,7 @@ class RunSession:
     def begin(self, pytest_session: pytest.Session) -> None:
         """Install the signal handlers and the progress display (pytest_sessionstart)."""
         self.pytest_session = pytest_session
-        self._console_fd = duplicate_stderr()
-        self.stopper = GracefulStop(self.request_stop, self._console_fd)
+        self.stopper = GracefulStop(self.request_stop, console=True)
         self.stopper.install()
         mode = self.progress_mode
         capman = self.pytest_config.pluginmanager.getplugin("capturemanager")
@@ -688,10 +685,6 @@ class RunSession:
         """pytest_unconfigure, last: signal handlers back, progress closed, lock released."""
         if self.stopper is not None:
             self.stopper.restore()
-        if self._console_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._console_fd)
-            self._console_fd = None
         self.progress.close()
         self.close_log_files()
         logging.raiseExceptions = self._raise_exceptions

@@ -23,6 +23,7 @@ logging under a burst of signals), which lost the save.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -53,43 +54,31 @@ class SignalNote:
     message: str
 
 
-def duplicate_stderr() -> int | None:
-    """A duplicate of file descriptor 2 for the handlers' console lines, taken while pytest
-    does not capture it (session start); None where there is none."""
-    try:
-        return os.dup(2)
-    except OSError:
-        return None
-
-
 def note_records(notes: list[SignalNote], logger: logging.Logger) -> list[logging.LogRecord]:
     """Log records for notes, a run of identical messages as one record with its count,
     each stamped with the time its first signal arrived."""
     records: list[logging.LogRecord] = []
-    index = 0
-    while index < len(notes):
-        first = notes[index]
-        count = 1
-        while index + count < len(notes) and notes[index + count].message == first.message:
-            count += 1
-        message = first.message if count == 1 else f"{first.message} ({count} times)"
-        record = logger.makeRecord(logger.name, first.level, "(signal)", 0, message, (), None)
+    for message, group in itertools.groupby(notes, key=lambda note: note.message):
+        run = list(group)
+        first, count = run[0], len(run)
+        text = message if count == 1 else f"{message} ({count} times)"
+        record = logger.makeRecord(logger.name, first.level, "(signal)", 0, text, (), None)
         record.created = first.created
         record.msecs = (first.created % 1) * 1000
         records.append(record)
-        index += count
     return records
 
 
 class GracefulStop:
     """Signal handlers for one session. `request_stop(reason)` asks for a stop after the
-    running case and returns an error text when part of that failed (else None);
-    `console_fd` is where handlers write their one line (a duplicate of the terminal's
-    stderr, taken while pytest does not capture it), None for no console line."""
+    running case and returns an error text when part of that failed (else None). With
+    `console`, handlers write their one line to a duplicate of stderr taken by `install`
+    (at session start, while pytest does not capture it) and closed by `restore`."""
 
-    def __init__(self, request_stop: Callable[[str], str | None], console_fd: int | None = None) -> None:
+    def __init__(self, request_stop: Callable[[str], str | None], *, console: bool = False) -> None:
         self._request_stop = request_stop
-        self._console_fd = console_fd
+        self._console = console
+        self._console_fd: int | None = None
         self._previous: dict[int, Handler] = {}
         self.received: list[str] = []
         self._holding = False
@@ -106,6 +95,9 @@ class GracefulStop:
             self._previous.setdefault(sig, previous)
 
     def install(self) -> None:
+        if self._console and self._console_fd is None:
+            with contextlib.suppress(OSError):
+                self._console_fd = os.dup(2)
         self._set(STOP_SIGNALS, self._handle)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._set((signal.SIGINT,), self._interrupt)
@@ -145,6 +137,10 @@ class GracefulStop:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+        if self._console_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._console_fd)
+            self._console_fd = None
 
     def take_notes(self) -> list[SignalNote]:
         """The notes left by handlers since the last call (not from a handler: for logging)."""
