@@ -46,19 +46,6 @@ TOKEN_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
 PROBLEM_KEYS = {"gen_length": "llada.block_length"}
 
 
-def _is_deterministic_exact(settings: LladaSettings, gen_length: int) -> bool:
-    """One token per step, no cache, no commit rule, and nothing drawn at random (greedy,
-    low-confidence remasking): the case's output is the exact decode, bit for bit."""
-    return (
-        settings.steps == gen_length
-        and settings.cache == "none"
-        and settings.threshold is None
-        and settings.factor is None
-        and settings.temperature == 0
-        and settings.remasking == "low_confidence"
-    )
-
-
 def _llada_types() -> dict[str, tuple[type, ...]]:
     """Expected types of the architecture keys, from LLaDAConfig's signature."""
     hints = typing.get_type_hints(LLaDAConfig.__init__)
@@ -225,7 +212,7 @@ class LladaBackend(Backend):
         assert isinstance(settings, LladaSettings) and loaded.mask_id is not None
         equal = total = 0
         for round_index, output in enumerate(outputs):
-            if _is_deterministic_exact(settings, case.gen_length):
+            if settings.is_deterministic_exact(case.gen_length):
                 # The case is the exact decode, without randomness: its own output is the
                 # reference (and serves the other cases of these prompts); no decode again.
                 loaded.memo.setdefault(self._exact_key(case, round_index), output)

@@ -272,6 +272,18 @@ class LladaSettings:
         )
         return most
 
+    def is_deterministic_exact(self, gen_length: int) -> bool:
+        """One token per step, no cache, no commit rule, and nothing drawn at random (greedy,
+        low-confidence remasking): the output is the exact decode, bit for bit."""
+        return (
+            self.steps == gen_length
+            and self.cache == "none"
+            and self.threshold is None
+            and self.factor is None
+            and self.temperature == 0
+            and self.remasking == "low_confidence"
+        )
+
     def batch_factor(self) -> int:
         return 2 if self.cfg_scale else 1
 
