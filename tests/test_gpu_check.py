@@ -1,4 +1,4 @@
-"""The GPU self-check (scripts/gpu_check.sh, dllm_bench.gpu_check) on a CPU-only machine.
+"""The GPU self-check (scripts/gpu_check.sh, the dllm_bench.gpu_check package) on a CPU-only machine.
 
 Without a GPU the script must skip every item with the reason and exit 0. The checks
 themselves are exercised here on what a CPU can give them: the sampler comparison on a bf16
@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from dllm_bench import gpu_check
-from dllm_bench.gpu_check import FAIL, PASS, SKIP, Budget, SamplerShape
+from dllm_bench.gpu_check import grids, row_checks, run_items, sampler, timer
+from dllm_bench.gpu_check.outcome import FAIL, ITEM_NAMES, PASS, SKIP, CheckResult, failed, passed, verdict_line
+from dllm_bench.gpu_check.sampler import SamplerShape
+from dllm_bench.gpu_check.suite_run import Budget, run_suite
+from dllm_bench.rows import Row
 from tests.helpers import TINY_LLADA_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +30,9 @@ TINY_SHAPE = SamplerShape(batch=2, prompt_length=16, gen_length=32, block_length
 TINY_SPECIAL = {"mask_id": 255, "pad_id": 254, "vocab_limit": 250}
 
 
-def gpu_row(case_id: str = "llada-p8-g8-b1", **overrides: str) -> dict[str, str]:
-    """A row as a CUDA run writes it (only the columns the checks read)."""
-    row = {
+def gpu_row(case_id: str = "llada-p8-g8-b1", **overrides: str) -> Row:
+    """A row as the suite reads it from the CSV cells a CUDA run writes (only the columns the checks read)."""
+    cells = {
         "case_id": case_id,
         "kind": "llada",
         "status": "ok",
@@ -52,8 +54,8 @@ def gpu_row(case_id: str = "llada-p8-g8-b1", **overrides: str) -> dict[str, str]
         "cuda_visible_devices": "0",
         "cache": "none",
     }
-    row.update(overrides)
-    return row
+    cells.update(overrides)
+    return Row.from_cells(cells)
 
 
 @pytest.mark.slow
@@ -70,7 +72,7 @@ def test_without_a_gpu_every_item_is_skipped_with_the_reason(tmp_path: Path) -> 
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines[:-1]] == [f"SKIP {name}" for name in gpu_check.ITEM_NAMES]
+    assert [line.split(":")[0] for line in lines[:-1]] == [f"SKIP {name}" for name in ITEM_NAMES]
     assert all("no GPU" in line and "CUDA_VISIBLE_DEVICES ''" in line for line in lines[:-1])
     assert lines[-1].startswith("VERDICT: SKIP: no GPU")
     assert not work_dir.exists()  # nothing ran
@@ -78,19 +80,19 @@ def test_without_a_gpu_every_item_is_skipped_with_the_reason(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_sampler_check_passes_on_a_bf16_llada_with_ties() -> None:
-    model = gpu_check.build_llada(TINY_LLADA_ARCH, torch.device("cpu"), torch.bfloat16)
-    outcome = gpu_check.compare_samplers(model, device=torch.device("cpu"), shape=TINY_SHAPE, **TINY_SPECIAL)
-    result = gpu_check.sampler_result(outcome, "cpu")
+    model = sampler.build_llada(TINY_LLADA_ARCH, torch.device("cpu"), torch.bfloat16)
+    outcome = sampler.compare_samplers(model, device=torch.device("cpu"), shape=TINY_SHAPE, **TINY_SPECIAL)
+    result = sampler.sampler_result(outcome, "cpu")
     assert result.outcome == PASS, result.line()
-    assert outcome.identical == [setting.name for setting in gpu_check.SAMPLER_SETTINGS]
+    assert outcome.identical == [setting.name for setting in sampler.SAMPLER_SETTINGS]
     assert outcome.ties.ties > 0
 
 
 @pytest.mark.slow
 def test_sampler_check_fails_when_no_tie_occurred() -> None:
-    model = gpu_check.build_llada(TINY_LLADA_ARCH, torch.device("cpu"), torch.float32)
-    outcome = gpu_check.compare_samplers(model, device=torch.device("cpu"), shape=TINY_SHAPE, **TINY_SPECIAL)
-    result = gpu_check.sampler_result(outcome, "cpu")
+    model = sampler.build_llada(TINY_LLADA_ARCH, torch.device("cpu"), torch.float32)
+    outcome = sampler.compare_samplers(model, device=torch.device("cpu"), shape=TINY_SHAPE, **TINY_SPECIAL)
+    result = sampler.sampler_result(outcome, "cpu")
     assert outcome.ties.ties == 0 and outcome.ties.calls > 0
     assert result.outcome == FAIL
     assert "tie handling was not exercised" in result.detail
@@ -114,16 +116,16 @@ class DriftingModel(torch.nn.Module):
 
 @pytest.mark.slow
 def test_sampler_check_fails_when_tokens_differ() -> None:
-    model = DriftingModel(gpu_check.build_llada(TINY_LLADA_ARCH, torch.device("cpu"), torch.float32))
-    outcome = gpu_check.compare_samplers(model, device=torch.device("cpu"), shape=TINY_SHAPE, **TINY_SPECIAL)
-    result = gpu_check.sampler_result(outcome, "cpu")
+    model = DriftingModel(sampler.build_llada(TINY_LLADA_ARCH, torch.device("cpu"), torch.float32))
+    outcome = sampler.compare_samplers(model, device=torch.device("cpu"), shape=TINY_SHAPE, **TINY_SPECIAL)
+    result = sampler.sampler_result(outcome, "cpu")
     assert result.outcome == FAIL
     assert "tokens differ" in result.detail
 
 
 def test_tie_counter_sees_a_tie_at_the_kth_value() -> None:
-    counter = gpu_check.TieCounter()
-    with gpu_check.counting_topk_ties(counter):
+    counter = sampler.TieCounter()
+    with sampler.counting_topk_ties(counter):
         torch.topk(torch.tensor([0.5, 0.25, 0.25, 0.1]), k=2)  # 2nd and 3rd largest are equal
         torch.topk(torch.tensor([0.5, 0.25, 0.2, 0.1]), 2)
         torch.topk(torch.tensor([0.5, float("-inf"), float("-inf")]), 2)  # -inf ties are not candidates
@@ -132,69 +134,69 @@ def test_tie_counter_sees_a_tie_at_the_kth_value() -> None:
 
 def test_timers_within_two_percent_pass_and_beyond_fail() -> None:
     events = [0.020] * 10
-    assert gpu_check.compare_timers([0.0201] * 10, events).outcome == PASS
-    assert gpu_check.compare_timers([0.021] * 10, events).outcome == FAIL  # 5% apart
-    assert gpu_check.compare_timers([], []).outcome == FAIL
+    assert timer.compare_timers([0.0201] * 10, events).outcome == PASS
+    assert timer.compare_timers([0.021] * 10, events).outcome == FAIL  # 5% apart
+    assert timer.compare_timers([], []).outcome == FAIL
 
 
 def test_memory_check() -> None:
-    assert gpu_check.check_memory([gpu_row()]).outcome == PASS
+    assert row_checks.check_memory([gpu_row()]).outcome == PASS
     over = gpu_row(peak_memory_allocated_mb="4000", peak_memory_reserved_mb="3000")
-    assert gpu_check.check_memory([gpu_row(), over]).outcome == FAIL
-    assert gpu_check.check_memory([gpu_row(peak_memory_allocated_mb="0")]).outcome == FAIL
-    assert gpu_check.check_memory([gpu_row(status="oom")]).outcome == FAIL  # nothing to check
+    assert row_checks.check_memory([gpu_row(), over]).outcome == FAIL
+    assert row_checks.check_memory([gpu_row(peak_memory_allocated_mb="0")]).outcome == FAIL
+    assert row_checks.check_memory([gpu_row(status="oom")]).outcome == FAIL  # nothing to check
 
 
 def test_energy_check() -> None:
-    assert gpu_check.check_energy([gpu_row()]).outcome == PASS  # 300 J over 1 s: 300 W
-    assert gpu_check.check_energy([gpu_row(energy_j="3")]).outcome == FAIL  # 3 W
-    assert gpu_check.check_energy([gpu_row(energy_j="")]).outcome == FAIL
+    assert row_checks.check_energy([gpu_row()]).outcome == PASS  # 300 J over 1 s: 300 W
+    assert row_checks.check_energy([gpu_row(energy_j="3")]).outcome == FAIL  # 3 W
+    assert row_checks.check_energy([gpu_row(energy_j="")]).outcome == FAIL
     short = gpu_row("short", energy_j="", energy_per_token_j="", latency_mean_s="0.01")
-    assert gpu_check.check_energy([gpu_row(), short]).outcome == PASS  # 20 ms regions may lack energy
+    assert row_checks.check_energy([gpu_row(), short]).outcome == PASS  # 20 ms regions may lack energy
     long = gpu_row("long", energy_j="", energy_per_token_j="", latency_mean_s="2")
-    assert gpu_check.check_energy([gpu_row(), long]).outcome == FAIL
+    assert row_checks.check_energy([gpu_row(), long]).outcome == FAIL
 
 
 def test_environment_check() -> None:
-    assert gpu_check.check_environment([gpu_row()], "NVIDIA H200", "12.8").outcome == PASS
-    assert gpu_check.check_environment([gpu_row()], "NVIDIA A100", "12.8").outcome == FAIL
-    assert gpu_check.check_environment([gpu_row(driver_version="")], "NVIDIA H200", "12.8").outcome == FAIL
+    assert row_checks.check_environment([gpu_row()], "NVIDIA H200", "12.8").outcome == PASS
+    assert row_checks.check_environment([gpu_row()], "NVIDIA A100", "12.8").outcome == FAIL
+    assert row_checks.check_environment([gpu_row(driver_version="")], "NVIDIA H200", "12.8").outcome == FAIL
 
 
 def test_pinning_check() -> None:
     rows = [gpu_row("a"), gpu_row("b", xdist_worker="gw1", cuda_visible_devices="1")]
-    assert gpu_check.check_pinning(rows, ["0", "1"]).outcome == PASS
+    assert row_checks.check_pinning(rows, ["0", "1"]).outcome == PASS
     shared = [gpu_row("a"), gpu_row("b", xdist_worker="gw1")]
-    assert gpu_check.check_pinning(shared, ["0", "1"]).outcome == FAIL
-    assert gpu_check.check_pinning(rows, ["0"]).outcome == FAIL  # GPU 1 is not visible
-    assert gpu_check.check_pinning([gpu_row(xdist_worker="")], ["0"]).outcome == FAIL
+    assert row_checks.check_pinning(shared, ["0", "1"]).outcome == FAIL
+    assert row_checks.check_pinning(rows, ["0"]).outcome == FAIL  # GPU 1 is not visible
+    assert row_checks.check_pinning([gpu_row(xdist_worker="")], ["0"]).outcome == FAIL
 
 
 def test_cache_check() -> None:
-    def point(batch: str, none: str, dual: str) -> list[dict[str, str]]:
+    def point(batch: str, none: str, dual: str) -> list[Row]:
         return [
             gpu_row(f"b{batch}", batch_size=batch, tokens_per_s=none),
             gpu_row(f"b{batch}-cdual", batch_size=batch, tokens_per_s=dual, cache="dual"),
         ]
 
-    assert gpu_check.check_cache_speed(point("1", "100", "400") + point("4", "300", "900")).outcome == PASS
-    assert gpu_check.check_cache_speed(point("1", "100", "400") + point("4", "300", "290")).outcome == FAIL
-    assert gpu_check.check_cache_speed(point("1", "100", "400")).outcome == FAIL  # one grid point
-    assert gpu_check.check_cache_speed(point("1", "100", "") + point("4", "300", "900")).outcome == FAIL
+    assert row_checks.check_cache_speed(point("1", "100", "400") + point("4", "300", "900")).outcome == PASS
+    assert row_checks.check_cache_speed(point("1", "100", "400") + point("4", "300", "290")).outcome == FAIL
+    assert row_checks.check_cache_speed(point("1", "100", "400")).outcome == FAIL  # one grid point
+    assert row_checks.check_cache_speed(point("1", "100", "") + point("4", "300", "900")).outcome == FAIL
 
 
 def test_oom_check() -> None:
     oom = gpu_row("big", status="oom", error="CUDA out of memory")
-    assert gpu_check.check_oom([oom, gpu_row()], 0).outcome == PASS
-    assert gpu_check.check_oom([gpu_row(), oom], 0).outcome == FAIL  # nothing ran after it
-    assert gpu_check.check_oom([gpu_row()], 0).outcome == FAIL
-    assert gpu_check.check_oom([oom, gpu_row()], 1).outcome == FAIL
+    assert row_checks.check_oom([oom, gpu_row()], 0).outcome == PASS
+    assert row_checks.check_oom([gpu_row(), oom], 0).outcome == FAIL  # nothing ran after it
+    assert row_checks.check_oom([gpu_row()], 0).outcome == FAIL
+    assert row_checks.check_oom([oom, gpu_row()], 1).outcome == FAIL
 
 
 def test_verdict_line() -> None:
-    results = [gpu_check.passed("timer", ""), gpu_check.failed("oom", ""), gpu_check.CheckResult("cache", SKIP, "")]
-    assert gpu_check.verdict_line(results) == "VERDICT: FAIL: 1 failed (oom), 1 passed, 1 skipped"
-    assert gpu_check.verdict_line(results[:1]) == "VERDICT: PASS: 1 passed"
+    results = [passed("timer", ""), failed("oom", ""), CheckResult("cache", SKIP, "")]
+    assert verdict_line(results) == "VERDICT: FAIL: 1 failed (oom), 1 passed, 1 skipped"
+    assert verdict_line(results[:1]) == "VERDICT: PASS: 1 passed"
 
 
 def cpu_config(**overrides: object) -> dict[str, object]:
@@ -215,14 +217,14 @@ def test_row_checks_fail_on_rows_of_a_real_cpu_run(
 ) -> None:
     monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    run = gpu_check.run_suite(REPO, tmp_path, "pinning", cpu_config(), ["-n", "2"], Budget(600))
+    run = run_suite(REPO, tmp_path, "pinning", cpu_config(), ["-n", "2"], Budget(600))
     assert run.problem() is None, run.output
     rows = run.rows()
-    assert len(rows) == 2 and all(row["xdist_worker"] for row in rows)
-    assert gpu_check.pinning_item(run, ["0"]).outcome == FAIL  # CPU workers are pinned to no GPU
-    assert gpu_check.check_memory(rows).outcome == FAIL  # no CUDA memory columns on a CPU
-    assert gpu_check.check_environment(rows, "NVIDIA H200", "12.8").outcome == FAIL
-    assert gpu_check.check_oom(run.partial_rows(), run.exit_code).outcome == FAIL
+    assert len(rows) == 2 and all(row.xdist_worker for row in rows)
+    assert run_items.pinning_item(run, ["0"]).outcome == FAIL  # CPU workers are pinned to no GPU
+    assert row_checks.check_memory(rows).outcome == FAIL  # no CUDA memory columns on a CPU
+    assert row_checks.check_environment(rows, "NVIDIA H200", "12.8").outcome == FAIL
+    assert row_checks.check_oom(run.partial_rows(), run.exit_code).outcome == FAIL
 
 
 @pytest.mark.slow
@@ -230,9 +232,9 @@ def test_a_refused_config_fails_its_items_with_the_reason(
     tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
-    run = gpu_check.run_suite(REPO, tmp_path, "bad", cpu_config(warmup_rounds=-1), [], Budget(600))
+    run = run_suite(REPO, tmp_path, "bad", cpu_config(warmup_rounds=-1), [], Budget(600))
     assert run.exit_code == 4
-    result = gpu_check.cache_item(run)
+    result = run_items.cache_item(run)
     assert result.outcome == FAIL
     assert "refused" in result.detail and "warmup_rounds" in result.detail
 
@@ -240,7 +242,7 @@ def test_a_refused_config_fails_its_items_with_the_reason(
 @pytest.mark.slow
 def test_the_oom_grid_is_a_valid_config_with_the_oversized_batch_first(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(gpu_check.grid_config(), sort_keys=False), encoding="utf-8")
+    path.write_text(yaml.safe_dump(grids.grid_config(), sort_keys=False), encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks", f"--config={path}", "--collect-only", "-q"],
         cwd=REPO,
@@ -253,20 +255,34 @@ def test_the_oom_grid_is_a_valid_config_with_the_oversized_batch_first(tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr
     ids = [line for line in done.stdout.splitlines() if "::test_" in line]
     assert len(ids) == 4
-    assert f"-b{gpu_check.OOM_BATCH}-" in ids[0] and "-b1-" in ids[1]
+    assert f"-b{grids.OOM_BATCH}-" in ids[0] and "-b1-" in ids[1]
+
+
+def commands_containing(text: str) -> list[str]:
+    """The command lines of this machine's live processes (Linux /proc) that contain `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        if text in command:
+            found.append(command)
+    return found
 
 
 @pytest.mark.slow
 def test_a_suite_run_past_the_budget_is_killed_and_fails_its_item(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plugins = tmp_path / "plugins"
+    plugins, slept = tmp_path / "plugins", tmp_path / "slept"
     plugins.mkdir()
-    (plugins / "hang_at_start.py").write_text("import time\n\ntime.sleep(120)\n", encoding="utf-8")
+    hang = f"import pathlib\nimport time\n\ntime.sleep(120)\npathlib.Path({str(slept)!r}).touch()\n"
+    (plugins / "hang_at_start.py").write_text(hang, encoding="utf-8")
     monkeypatch.setenv("PYTHONPATH", str(plugins))
-    started = time.monotonic()
-    run = gpu_check.run_suite(REPO, tmp_path, "hung", cpu_config(), ["-p", "hang_at_start"], Budget(0))
-    assert run.exit_code is None
-    assert time.monotonic() - started < 60  # killed at the limit (1 s), not after the 120 s sleep
-    assert gpu_check.cache_item(run).outcome == FAIL
-    assert "time limit" in gpu_check.cache_item(run).detail
+    run = run_suite(REPO, tmp_path, "hung", cpu_config(), ["-p", "hang_at_start"], Budget(0))
+    assert run.exit_code is None  # stopped at the limit (1 s): a run that ends by itself has an exit code
+    assert not slept.exists()  # the 120 s sleep never finished
+    assert commands_containing(str(tmp_path / "hung.yaml")) == []  # killed, not left running
+    assert run_items.cache_item(run).outcome == FAIL
+    assert "time limit" in run_items.cache_item(run).detail
