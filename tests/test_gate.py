@@ -1,4 +1,4 @@
-"""The regression gate: rule specs, matching current rows to the baseline, and loading a baseline."""
+"""The regression gate: rule specs, matching current rows to the reference run's, and loading a reference run."""
 
 from __future__ import annotations
 
@@ -125,9 +125,9 @@ def test_gate_error_is_a_value_error() -> None:
 
 
 def test_within_threshold_and_improvements_pass() -> None:
-    baseline = [make_row(8, 100.0), make_row(16, 100.0), make_row(32, 100.0)]
+    reference = [make_row(8, 100.0), make_row(16, 100.0), make_row(32, 100.0)]
     current = [make_row(8, 95.0), make_row(16, 90.5), make_row(32, 250.0)]
-    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    result = check_gate(current, reference, [TOKENS_DROP_10])
     assert result.passed(allow_missing=False)
     assert result.failures == []
     assert result.compared == 3
@@ -135,9 +135,9 @@ def test_within_threshold_and_improvements_pass() -> None:
 
 
 def test_only_cases_past_the_threshold_fail_with_their_change() -> None:
-    baseline = [make_row(8, 100.0), make_row(16, 200.0), make_row(32, 100.0)]
+    reference = [make_row(8, 100.0), make_row(16, 200.0), make_row(32, 100.0)]
     current = [make_row(8, 80.0), make_row(16, 190.0), make_row(32, 70.0)]
-    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    result = check_gate(current, reference, [TOKENS_DROP_10])
     assert not result.passed(allow_missing=False)
     assert [f.case_id for f in result.failures] == [
         "tiny-llada-p32-g32-b1-s8-k32",
@@ -161,9 +161,9 @@ def test_exactly_at_the_limit_passes_in_both_directions() -> None:
 
 
 def test_plus_rule_fails_on_a_rise_and_passes_a_fall() -> None:
-    baseline = [make_row(8, 100.0, latency_mean_s=1.0), make_row(16, 100.0, latency_mean_s=1.0)]
+    reference = [make_row(8, 100.0, latency_mean_s=1.0), make_row(16, 100.0, latency_mean_s=1.0)]
     current = [make_row(8, 100.0, latency_mean_s=1.2), make_row(16, 100.0, latency_mean_s=0.5)]
-    result = check_gate(current, baseline, [LATENCY_RISE_15])
+    result = check_gate(current, reference, [LATENCY_RISE_15])
     assert [(f.case_id, f.metric) for f in result.failures] == [("tiny-llada-p32-g32-b1-s8-k32", "latency_mean_s")]
     assert result.failures[0].change == pytest.approx(20.0)
 
@@ -174,17 +174,17 @@ def test_minus_rule_passes_a_rise() -> None:
 
 
 def test_every_rule_is_checked_and_counted() -> None:
-    baseline = [make_row(8, 100.0, latency_mean_s=1.0), make_row(16, 100.0, latency_mean_s=1.0)]
+    reference = [make_row(8, 100.0, latency_mean_s=1.0), make_row(16, 100.0, latency_mean_s=1.0)]
     current = [make_row(8, 50.0, latency_mean_s=2.0), make_row(16, 100.0, latency_mean_s=1.0)]
-    result = check_gate(current, baseline, [TOKENS_DROP_10, LATENCY_RISE_15])
+    result = check_gate(current, reference, [TOKENS_DROP_10, LATENCY_RISE_15])
     assert result.compared == 4
     assert [f.metric for f in result.failures] == ["tokens_per_s", "latency_mean_s"]
 
 
-def test_cases_without_an_ok_baseline_row_are_unmatched() -> None:
-    baseline = [make_row(8, 100.0), make_row(16, 100.0, status="error")]
+def test_cases_without_an_ok_reference_row_are_unmatched() -> None:
+    reference = [make_row(8, 100.0), make_row(16, 100.0, status="error")]
     current = [make_row(8, 100.0), make_row(16, 100.0), make_row(32, 10.0)]
-    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    result = check_gate(current, reference, [TOKENS_DROP_10])
     assert result.unmatched == ["tiny-llada-p32-g32-b1-s16-k32", "tiny-llada-p32-g32-b1-s32-k32"]
     assert result.compared == 1
     assert result.passed(allow_missing=False), "new cases without a reference do not fail the gate"
@@ -198,9 +198,9 @@ def test_rows_match_by_parameters_not_case_id() -> None:
 
 
 def test_non_ok_current_rows_are_ignored() -> None:
-    baseline = [make_row(8, 100.0), make_row(16, 100.0)]
+    reference = [make_row(8, 100.0), make_row(16, 100.0)]
     current = [make_row(8, 0.0, status="error"), make_row(16, 0.0, status="oom")]
-    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    result = check_gate(current, reference, [TOKENS_DROP_10])
     assert result.failures == []
     assert result.compared == 0
     assert result.unmatched == []
@@ -216,24 +216,24 @@ def test_a_current_case_rerun_into_an_error_is_not_compared() -> None:
     assert result.failures == []
 
 
-def test_latest_baseline_row_per_case_wins() -> None:
-    baseline = [make_row(8, 500.0), make_row(8, 100.0)]
-    assert check_gate([make_row(8, 95.0)], baseline, [TOKENS_DROP_10]).passed(allow_missing=False)
-    reversed_baseline = [make_row(8, 100.0), make_row(8, 500.0)]
-    assert not check_gate([make_row(8, 95.0)], reversed_baseline, [TOKENS_DROP_10]).passed(allow_missing=False)
+def test_latest_reference_row_per_case_wins() -> None:
+    reference = [make_row(8, 500.0), make_row(8, 100.0)]
+    assert check_gate([make_row(8, 95.0)], reference, [TOKENS_DROP_10]).passed(allow_missing=False)
+    reversed_reference = [make_row(8, 100.0), make_row(8, 500.0)]
+    assert not check_gate([make_row(8, 95.0)], reversed_reference, [TOKENS_DROP_10]).passed(allow_missing=False)
 
 
-def test_a_later_failed_baseline_row_does_not_replace_an_ok_one() -> None:
-    baseline = [make_row(8, 100.0), make_row(8, 0.0, status="oom")]
-    result = check_gate([make_row(8, 50.0)], baseline, [TOKENS_DROP_10])
+def test_a_later_failed_reference_row_does_not_replace_an_ok_one() -> None:
+    reference = [make_row(8, 100.0), make_row(8, 0.0, status="oom")]
+    result = check_gate([make_row(8, 50.0)], reference, [TOKENS_DROP_10])
     assert result.compared == 1
     assert [f.reference for f in result.failures] == [100.0]
 
 
 def test_pairs_missing_the_metric_fail_the_gate_unless_allowed() -> None:
     current = [make_row(8, None), make_row(16, 100.0)]
-    baseline = [make_row(8, 100.0), make_row(16, None)]
-    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    reference = [make_row(8, 100.0), make_row(16, None)]
+    result = check_gate(current, reference, [TOKENS_DROP_10])
     assert result.compared == 0
     assert result.incomparable == [
         "tiny-llada-p32-g32-b1-s8-k32:tokens_per_s",
@@ -253,8 +253,8 @@ def test_one_comparable_pair_does_not_hide_an_incomparable_one() -> None:
 
 
 def test_a_different_measured_rounds_matches_nothing_and_fails_the_gate() -> None:
-    baseline = [make_row(8, 100.0).with_values({"measured_rounds": 5})]
-    result = check_gate([make_row(8, 100.0)], baseline, [TOKENS_DROP_10])
+    reference = [make_row(8, 100.0).with_values({"measured_rounds": 5})]
+    result = check_gate([make_row(8, 100.0)], reference, [TOKENS_DROP_10])
     assert result.compared == 0
     assert result.unmatched == ["tiny-llada-p32-g32-b1-s8-k32"]
     assert not result.passed(allow_missing=False)
@@ -262,9 +262,9 @@ def test_a_different_measured_rounds_matches_nothing_and_fails_the_gate() -> Non
 
 
 def test_gate_on_rows_read_back_from_csv(tmp_path: Path) -> None:
-    baseline = round_trip(tmp_path / "base.csv", [make_row(8, 812.4), make_row(16, 400.0)])
+    reference = round_trip(tmp_path / "reference.csv", [make_row(8, 812.4), make_row(16, 400.0)])
     current = round_trip(tmp_path / "current.csv", [make_row(8, 650.1), make_row(16, 399.0)])
-    result = check_gate(current, baseline, [TOKENS_DROP_10])
+    result = check_gate(current, reference, [TOKENS_DROP_10])
     assert result.compared == 2
     assert [f.describe() for f in result.failures] == [
         "tiny-llada-p32-g32-b1-s8-k32: tokens_per_s 812.4 -> 650.1 (-20.0%, limit -10%)"

@@ -88,7 +88,7 @@ class UsageProblem(ValueError):
 class Gate:
     rules: list[GateRule]
     reference_path: Path
-    baseline: list[Row]
+    reference_rows: list[Row]
     allow_missing: bool
     result: GateResult | None = None
 
@@ -539,7 +539,7 @@ class RunSession:
 
     def _apply_gate(self, rows: list[Row]) -> None:
         assert self.gate is not None
-        self.gate.result = check_gate(rows, self.gate.baseline, self.gate.rules)
+        self.gate.result = check_gate(rows, self.gate.reference_rows, self.gate.rules)
         for line in self.gate_lines():
             (LOG.error if "FAILED" in line else LOG.info)(line)
 
@@ -557,7 +557,7 @@ class RunSession:
                 self.output_dir,
                 self.final_rows,
                 dataclasses.asdict(self.manifest),
-                reference_rows=gate.baseline if gate is not None else None,
+                reference_rows=gate.reference_rows if gate is not None else None,
                 reference_name=str(gate.reference_path) if gate is not None else None,
                 gate_rules=gate.rules if gate is not None else None,
                 partial=self.manifest.status == "interrupted" or self.counts.not_run > 0,

@@ -1,4 +1,4 @@
-"""Plain, literal LLaDA sampler: the slow oracle used only by tests and benchmarks.
+"""Plain, literal LLaDA sampler: the slow oracle the fast sampler is checked and timed against.
 
 This module spells out the LLaDA masked-diffusion sampling loop (after the
 algorithm of ML-GSAI/LLaDA ``generate.py``) as directly as possible, without
@@ -12,7 +12,9 @@ any of the shortcuts taken by :func:`dllm_bench.sampling.llada.generate`:
 
 It is deliberately slow. Do not use it for real generation; it exists so that
 the fast sampler can be checked token for token against something that is easy
-to read, and so that the benchmarks have a baseline.
+to read (by the tests and by the GPU self-check's ``sampler`` item,
+:mod:`dllm_bench.gpu_check.sampler`), and so that ``benchmarks/perf/bench_sampler.py``
+has the plain algorithm to measure the fast sampler's speed-up against.
 
 Unlike the original script it does not crash when ``cfg_scale > 0`` and no
 attention mask is given, it never predicts the mask id (the argmax skips its
