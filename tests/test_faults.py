@@ -62,7 +62,7 @@ def _ids(path: Path) -> list[str]:
     return sorted(row.case_id for row in rows(path))
 
 
-# --- 1. resume never empties the final file ----------------------------------------------------
+# --- a damaged partial file: resume keeps every readable row, refuses a file that is not one ---
 
 DAMAGES: dict[str, Callable[[Path], None]] = {
     "removed": lambda p: p.unlink(),
@@ -142,7 +142,7 @@ def test_a_symlinked_partial_file_is_refused_not_followed(project: Path) -> None
     assert elsewhere.read_bytes() == before
 
 
-# --- 2, 3. short writes and full disks ---------------------------------------------------------
+# --- a failing log flush and a full disk: a clean stop, then resume completes ------------------
 
 
 @contextlib.contextmanager
@@ -209,7 +209,7 @@ def test_a_full_disk_stops_cleanly_and_resume_completes(
         assert manifest(out)["status"] == "complete"
 
 
-# --- 6. one run per directory ------------------------------------------------------------------
+# --- one run per directory: a second run into a locked one is refused --------------------------
 
 
 # Holds the first run after its first case until the file "go" exists.
@@ -244,7 +244,7 @@ def test_a_second_run_into_the_same_directory_is_refused(project: Path, second_a
     assert len(ids) == len(set(ids)) == 9, "one row per case: the second run wrote nothing"
 
 
-# --- 7. resume finds the run of this config ----------------------------------------------------
+# --- resume without --output-dir: the run of the same config path and content ------------------
 
 
 def test_resume_without_output_dir_matches_the_config_path_and_content(project: Path) -> None:
@@ -267,7 +267,7 @@ def test_resume_without_output_dir_matches_the_config_path_and_content(project: 
     assert "the config's content changed since" in text
 
 
-# --- 10, 13. the model cache -------------------------------------------------------------------
+# --- the model cache: planted, damaged, foreign or unusable folders, leftovers -----------------
 
 
 def _cache_folder(cache: Path) -> Path:
@@ -362,7 +362,7 @@ def test_a_local_folder_without_weights_says_what_to_do(project: Path, tmp_path:
     assert "has no weights file" in text and "download the checkpoint completely" in text
 
 
-# --- 12. out of memory on the CPU --------------------------------------------------------------
+# --- out of memory on the CPU: both kinds of error are oom rows, --allow-oom exits 0 -----------
 
 MEMORY_ERRORS = {
     "MemoryError": "raise MemoryError()",

@@ -9,6 +9,7 @@ it). One module per job:
 - `suite_run.py`: one run of the suite in a subprocess, within the time budget, and its rows;
 - `grids.py`: the configs of those runs;
 - `row_checks.py`: the items judged from the typed rows of those runs;
+- `run_items.py`: a run that was refused or stopped fails the items that read it;
 - `driver.py`: every item in order, each failure confined to its item;
 - `cli.py`: the command line and the no-GPU verdict.
 """
