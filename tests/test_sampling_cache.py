@@ -286,7 +286,7 @@ RULES: dict[str, dict[str, Any]] = {
 
 
 def accelerated(caches: tuple[str, ...], rules: list[str]) -> list[tuple[str, str]]:
-    """(cache, rule) pairs without cache none with a fixed schedule: that is the exact mode,
+    """(cache, rule) pairs without cache none with a fixed schedule: that is the fixed uncached mode,
     checked against the reference instead."""
     return [(c, r) for c, r in itertools.product(caches, rules) if c != "none" or not r.startswith("fixed")]
 
@@ -393,7 +393,7 @@ def test_cache_changes_the_computation() -> None:
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
 @pytest.mark.parametrize("steps", [4, 8, 16, 32])
 def test_cache_none_fixed_steps_is_unchanged(padded: bool, temperature: float, remasking: str, steps: int) -> None:
-    # The exact mode stays token-identical to the plain reference algorithm, on the suite's own model too.
+    # The fixed uncached mode stays token-identical to the plain reference algorithm, on the suite's own model too.
     prompt, attention_mask = make_prompt(3, padded=padded, seed=7)
     kwargs = dict(steps=steps, gen_length=GEN, block_length=BLOCK, temperature=temperature, remasking=remasking)
     torch.manual_seed(99)

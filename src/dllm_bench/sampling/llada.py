@@ -36,7 +36,7 @@ Rules that hold in every mode:
   number of model calls, each over the whole batch (cfg doubles the batch of a
   call, not the count).
 
-Exact mode (``cache="none"``, fixed schedule) is token-identical to the plain
+The fixed uncached mode (``cache="none"``, fixed schedule) is token-identical to the plain
 algorithm (the slow oracle :mod:`dllm_bench.sampling.reference`) but skips the
 work the result does not depend on:
 
@@ -60,7 +60,7 @@ remasking; confidences are float32 softmax probabilities; ties between equal
 confidences go to the lower position. They need a prompt without the mask id.
 With a cache the LM head runs only on the block's positions
 (``logits_to_keep``); ``cache="none"`` computes the logits of the whole canvas,
-as the exact mode always did.
+as the fixed uncached mode always did.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def generate(
     )
     if cache == "none" and threshold is None and factor is None:
         assert steps is not None
-        return _generate_exact(model, prompt, attention_mask, steps, options)
+        return _generate_fixed_uncached(model, prompt, attention_mask, steps, options)
     if prompt.numel() and bool((prompt == mask_id).any()):
         raise ValueError(
             f"the prompt contains the mask id {mask_id}: cache and threshold/factor decoding need a prompt "
@@ -241,7 +241,7 @@ def _first_argmax(scores: torch.Tensor) -> torch.Tensor:
     return chunk * width + inner
 
 
-# --------------------------------------------------------------------------- exact mode
+# --------------------------------------------------------------------------- fixed uncached mode
 
 
 def _select_transfer(confidence: torch.Tensor, k: int, lo: int, hi: int, seq_len: int) -> torch.Tensor:
@@ -277,7 +277,7 @@ def _select_transfer(confidence: torch.Tensor, k: int, lo: int, hi: int, seq_len
     return transfer
 
 
-def _generate_exact(
+def _generate_fixed_uncached(
     model: torch.nn.Module,
     prompt: torch.Tensor,
     attention_mask: torch.Tensor | None,

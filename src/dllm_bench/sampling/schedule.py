@@ -190,8 +190,8 @@ def forward_pass_bounds(
     if threshold is not None or factor is not None:
         return num_blocks, gen_length
     assert steps is not None
-    exact = num_blocks * min(steps // num_blocks, block_length)
-    return exact, exact
+    forwards = num_blocks * min(steps // num_blocks, block_length)
+    return forwards, forwards
 
 
 def num_forward_passes(*, steps: int, gen_length: int, block_length: int) -> int:

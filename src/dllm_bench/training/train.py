@@ -37,7 +37,7 @@ from dllm_bench.training.data import DataSpec, TrainBatch, draw_train_batch
 from dllm_bench.training.evaluate import Decode, evaluate
 
 __all__ = [
-    "MODEL_KINDS",
+    "ARCHITECTURES",
     "ModelShape",
     "TrainResult",
     "TrainSpec",
@@ -51,8 +51,9 @@ __all__ = [
 
 LOG = logging.getLogger("dllm_bench.training")
 
-#: ``llada`` (masked diffusion) and ``llama`` (autoregressive).
-MODEL_KINDS: tuple[str, ...] = ("llada", "llama")
+#: The architectures the trainer builds: ``llada`` (masked diffusion) and ``llama`` (autoregressive);
+#: not the suite's model kinds (`dllm_bench.spec.MODEL_KINDS`).
+ARCHITECTURES: tuple[str, ...] = ("llada", "llama")
 #: The smallest mask ratio, as in LLaDA's pre-training code, so 1/t stays bounded.
 MIN_MASK_RATIO = 1e-3
 #: Name of the training record written beside the weights.
@@ -86,8 +87,8 @@ class TrainSpec:
     data: DataSpec = field(default_factory=DataSpec)
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.kind not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.kind!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
@@ -257,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the small LLaDA and Llama models of the built-in tasks (copy, permute).",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per model")
-    parser.add_argument("--model", choices=[*MODEL_KINDS, "both"], default="both")
+    parser.add_argument("--model", choices=[*ARCHITECTURES, "both"], default="both")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.data.batch_size)
@@ -343,9 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    kinds = MODEL_KINDS if args.model == "both" else (args.model,)
-    for kind in kinds:
-        folder = run(kind, args)
+    architectures = ARCHITECTURES if args.model == "both" else (args.model,)
+    for architecture in architectures:
+        folder = run(architecture, args)
         sys.stdout.write(f"{folder}\n")
     return 0
 
