@@ -225,11 +225,15 @@ def _quality_panel(axis: Axes, panel: TradeOff, colors: Mapping[str, str]) -> No
         if p.quality_se is not None:
             axis.errorbar([p.speed], [quality], yerr=[p.quality_se], fmt="none", ecolor=colors[p.label], zorder=2)
     _front_line(axis, panel.llada)
-    for b in panel.baselines:
-        if b.quality is None:
-            axis.axvline(b.speed, color=colors[b.label], ls=":", lw=1.2)
-        else:
-            axis.plot([b.speed], [b.quality], "*", color=colors[b.label], ms=12, zorder=4)
+    # One artist per AR label, however many AR cases (seeds) the panel has.
+    for label in dict.fromkeys(b.label for b in panel.baselines):
+        mine = [b for b in panel.baselines if b.label == label]
+        unscored = sorted({b.speed for b in mine if b.quality is None})
+        if unscored:
+            axis.vlines(unscored, 0, 1, transform=axis.get_xaxis_transform(), colors=colors[label], ls=":", lw=1.2)
+        stars = [(b.speed, b.quality) for b in mine if b.quality is not None]
+        if stars:
+            axis.plot([x for x, _ in stars], [y for _, y in stars], "*", ls="", color=colors[label], ms=12, zorder=4)
     axis.set_ylabel(panel.metric or "", fontsize="small")
     _speed_scale(axis, [p.speed for p in [*panel.llada, *panel.baselines]])
 

@@ -12,15 +12,17 @@ import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from dllm_bench.rows import ENVIRONMENT_COLUMNS, Row
 from dllm_bench.sinks.report.data import (
     Change,
     Comparison,
+    Impossible,
     Speedup,
     TradeOff,
     failed_rows,
+    is_possible,
     shape_name,
     strategy_label,
     task_of,
@@ -94,6 +96,7 @@ th[aria-sort="descending"] button::after { content: " \\25BC"; }
 tr.notok td { background: #fdecea; }
 td.loses { background: #fbe3e0; }
 td.wins { background: #e3f4e8; }
+td.impossible { background: #f5b7b1; font-weight: 600; }
 dl.env { display: grid; grid-template-columns: max-content auto; gap: 0.15rem 1rem; }
 dl.env dt { font-weight: 600; }
 dl.env dd { margin: 0; font-family: ui-monospace, monospace; font-size: 0.85rem; word-break: break-all; }
@@ -178,7 +181,7 @@ def cell_text(value: object) -> str:
     return str(value)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -277,6 +280,36 @@ def noise_html(rows: Sequence[Row]) -> str:
         f"{len(noisy)} cases have a <code>noise_warning</code> (the machine was busy or the rounds varied): "
         "their timings are not reliable; see the README's 'Stable numbers'.",
         "problem",
+    )
+
+
+# Impossible values listed on the page at most (the table marks them all).
+MAX_LISTED_IMPOSSIBLE = 20
+
+
+def impossible_html(items: Sequence[Impossible]) -> str:
+    """The values no measurement can take, listed (the first MAX_LISTED_IMPOSSIBLE) and marked in the table."""
+    if not items:
+        return ""
+    listed = "".join(f"<li><code>{esc(item.describe())}</code></li>" for item in items[:MAX_LISTED_IMPOSSIBLE])
+    more = f"<li>and {len(items) - MAX_LISTED_IMPOSSIBLE} more</li>" if len(items) > MAX_LISTED_IMPOSSIBLE else ""
+    return (
+        f'<div class="failed" id="impossible"><b>{len(items)} impossible values</b> (a measurement below 0, or a '
+        "share above 1): the results file was damaged or edited, or the suite wrote a wrong value. They are "
+        f"marked in the table and plotted as they are; do not trust these cases.<ul>{listed}{more}</ul></div>"
+    )
+
+
+def missing_columns_html(missing: Mapping[str, Sequence[str]]) -> str:
+    """The measurement columns each results file lacks (written by an older suite, or cut down by hand)."""
+    if not missing:
+        return ""
+    items = "".join(
+        f"<li><code>{esc(path)}</code> has no {esc(', '.join(columns))}</li>" for path, columns in missing.items()
+    )
+    return (
+        f'<div class="failed" id="missing-columns"><b>Missing columns</b>: these results files lack measurement '
+        f"columns; their values are empty on this page (not zero).<ul>{items}</ul></div>"
     )
 
 
@@ -440,8 +473,18 @@ def comparison_html(comparison: Comparison | None, reference_name: str, image: I
                 f'<div class="failed" id="regressions"><b>{len(comparison.regressions)} regressions</b> '
                 f"past the gate's limits:<ul>{items}</ul></div>"
             )
+        elif comparison.gate_compared == 0:
+            parts.append(
+                note(
+                    "The gate compared nothing (0 case/metric pairs): no case of this run has an ok reference row "
+                    "with a value of a gated metric, so no regression could be found.",
+                    "problem",
+                )
+            )
         else:
-            parts.append(note("No regression past the gate's limits."))
+            parts.append(
+                note(f"No regression past the gate's limits ({comparison.gate_compared} case/metric pairs compared).")
+            )
         if comparison.gate_problem:
             parts.append(note(esc(comparison.gate_problem), "problem"))
     else:
@@ -490,7 +533,12 @@ def table_html(rows: Sequence[Row], speedup: Mapping[str, float], docs: Mapping[
         cells = []
         for column in columns:
             value = _value(row, column, speedup)
-            cells.append(_ratio_cell(value) if column == SPEEDUP and isinstance(value, float) else _cell(value))
+            if column == SPEEDUP and isinstance(value, float):
+                cells.append(_ratio_cell(value))
+            elif _is_number(value) and not is_possible(column, float(value)):
+                cells.append(_cell(value, css="impossible"))
+            else:
+                cells.append(_cell(value))
         body.append(("" if row.ok else "notok", cells))
     return "\n".join(
         [
