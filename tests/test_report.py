@@ -761,6 +761,14 @@ def test_a_llada_case_without_an_ar_case_of_its_seed_is_not_paired_and_is_listed
     assert data.speedups([llada(1, task_options='{"n": 4}'), ar(1)]) == []
 
 
+def test_the_speedup_table_shows_the_median_over_prompt_seeds(tmp_path: Path) -> None:
+    speeds = {0: 100.0, 1: 300.0, 2: 400.0}  # AR at 50 tokens/s: 2x, 6x, 8x
+    rows = [dataclasses.replace(r, tokens_per_s=speeds[r.seed or 0]) for r in seeded_copies(llada(1), range(3))]
+    rows += seeded_copies(ar(1), range(3))
+    _, page = parse_page(write_report(tmp_path, rows, None, partial=False))
+    assert page.table_rows["speedups"] == [["s16-k32", "6.00x"]]
+
+
 def test_pareto_front_agrees_with_its_definition_on_many_tied_points() -> None:
     generator = random.Random(7)
     points = [(float(generator.randint(0, 30)), float(generator.randint(0, 30))) for _ in range(400)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ Shape = tuple[int | None, int | None, int | None]
 
 # The columns of a LLaDA row's decoding settings (`LladaSettings.from_columns` reads these).
 SETTINGS_COLUMNS = tuple(f.name for f in dataclasses.fields(LladaSettings))
+_settings_of = operator.attrgetter(*SETTINGS_COLUMNS)
 
 
 def task_of(row: Row) -> str:
@@ -52,7 +54,7 @@ def strategy_label(row: Row) -> str:
     `id_parts`, e.g. `s64-k32-cdual`, `k32-cdual-th0.9`). Other kinds are labelled `AR`."""
     if row.kind != LLADA:
         return "AR"
-    return _settings_label(tuple(getattr(row, name) for name in SETTINGS_COLUMNS))
+    return _settings_label(_settings_of(row))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -106,14 +108,15 @@ def failed_rows(rows: Iterable[Row]) -> list[Row]:
 
 # Measurements that are a share of a whole (0 to 1); every measurement is 0 or more.
 SHARE_MEASUREMENTS = frozenset({"accuracy", "accuracy_se", "agreement_exact", "outside_forward_share"})
+_MEASUREMENTS = frozenset(MEASUREMENT_COLUMNS)
 
 
 def is_possible(column: str, value: float) -> bool:
     """Whether a measurement column (`MEASUREMENT_COLUMNS`) can hold `value`: 0 or more, and at
     most 1 for a share. Other columns are not checked."""
-    if column not in MEASUREMENT_COLUMNS or math.isnan(value):
-        return True
-    return value >= 0 and (value <= 1 or column not in SHARE_MEASUREMENTS)
+    if value < 0 or (value > 1 and column in SHARE_MEASUREMENTS):  # NaN is neither
+        return column not in _MEASUREMENTS
+    return True
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ def impossible_values(rows: Iterable[Row]) -> list[Impossible]:
     for row in rows:
         for column in MEASUREMENT_COLUMNS:
             value = getattr(row, column)
-            if value is not None and not is_possible(column, float(value)):
+            if value is not None and not is_possible(column, value):
                 found.append(Impossible(row.case_id, column, float(value)))
     return found
 

@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import shlex
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -64,7 +65,10 @@ TABLE_COLUMNS = (
 )
 DERIVED_DOCS = {
     STRATEGY: "derived: the LLaDA decoding settings as case ids write them; AR for the baseline",
-    SPEEDUP: "derived: tokens_per_s over the AR case's of the same task, prompt_length, gen_length and batch_size",
+    SPEEDUP: (
+        "derived: tokens_per_s over the AR case's of the same task, task_options, prompt_length, gen_length, "
+        "batch_size and seed"
+    ),
 }
 ALWAYS_SHOWN = frozenset({"case_id", "status", "tokens_per_s", STRATEGY})
 
@@ -187,8 +191,10 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 
 def _cell(value: object, *, css: str = "") -> str:
     """A table cell; numbers are right-aligned and sort by their value (`data-sort`)."""
-    if _is_number(value):
-        return f'<td class="{f"num {css}".strip()}" data-sort="{value!r}">{esc(cell_text(value))}</td>'
+    if value is None and not css:
+        return "<td></td>"
+    if _is_number(value):  # a number's text needs no escaping
+        return f'<td class="{f"num {css}".strip()}" data-sort="{value!r}">{cell_text(value)}</td>'
     class_attr = f' class="{css}"' if css else ""
     return f"<td{class_attr}>{esc(cell_text(value))}</td>"
 
@@ -356,14 +362,17 @@ def trade_off_html(panels: Sequence[TradeOff], image: Image | None) -> str:
 def _speedup_table(items: Sequence[Speedup]) -> str:
     columns = sorted({(i.task, i.shape) for i in items}, key=lambda c: (c[0], tuple(v or 0 for v in c[1])))
     settings = list(dict.fromkeys(i.setting for i in items))
-    ratio = {(i.setting, i.task, i.shape): i.ratio for i in items}
-    headers = [("setting", "the LLaDA strategy"), *((f"{t} {shape_name(s)}", "speedup vs AR") for t, s in columns)]
+    ratios: dict[tuple[str, str, Any], list[float]] = {}
+    for i in items:
+        ratios.setdefault((i.setting, i.task, i.shape), []).append(i.ratio)
+    tip = "speedup vs AR; the median where several prompt seeds (or task options) give several pairs"
+    headers = [("setting", "the LLaDA strategy"), *((f"{t} {shape_name(s)}", tip) for t, s in columns)]
     body = []
     for setting in settings:
         cells = [f"<td>{esc(setting)}</td>"]
         for task, shape in columns:
-            value = ratio.get((setting, task, shape))
-            cells.append("<td></td>" if value is None else _ratio_cell(value))
+            values = ratios.get((setting, task, shape))
+            cells.append("<td></td>" if values is None else _ratio_cell(statistics.median(values)))
         body.append(("", cells))
     return sortable_table(headers, body, "speedups")
 
@@ -381,8 +390,9 @@ def speedup_html(
         best = max(items, key=lambda i: i.ratio)
         parts.append(
             note(
-                "tokens_per_s of each LLaDA case over the AR case of the same task, prompt_length, gen_length "
-                f"and batch_size. LLaDA is slower than AR in <b>{len(losing)} of {len(items)}</b> pairs; "
+                "tokens_per_s of each LLaDA case over the AR case of the same task, task options, prompt_length, "
+                "gen_length, batch_size and prompt seed. "
+                f"LLaDA is slower than AR in <b>{len(losing)} of {len(items)}</b> pairs; "
                 f"the best is {esc(best.setting)} at {esc(best.task)} {esc(shape_name(best.shape))}: "
                 f"{esc(format_ratio(best.ratio))}."
             )
@@ -392,7 +402,7 @@ def speedup_html(
         parts.append(_speedup_table(items))
     if missing:
         names = ", ".join(f"{esc(task)} {esc(shape_name(shape))}" for task, shape in missing)
-        parts.append(note(f"No ok AR case at: {names}."))
+        parts.append(note(f"Some LLaDA cases have no ok AR case of the same task options and prompt seed at: {names}."))
     return "\n".join(parts)
 
 
@@ -535,7 +545,7 @@ def table_html(rows: Sequence[Row], speedup: Mapping[str, float], docs: Mapping[
             value = _value(row, column, speedup)
             if column == SPEEDUP and isinstance(value, float):
                 cells.append(_ratio_cell(value))
-            elif _is_number(value) and not is_possible(column, float(value)):
+            elif _is_number(value) and not is_possible(column, value):
                 cells.append(_cell(value, css="impossible"))
             else:
                 cells.append(_cell(value))
@@ -556,7 +566,7 @@ def table_html(rows: Sequence[Row], speedup: Mapping[str, float], docs: Mapping[
 
 
 def _distinct(rows: Sequence[Row], column: str) -> str:
-    values = dict.fromkeys(cell_text(getattr(row, column)) for row in rows)
+    values = dict.fromkeys(cell_text(value) for value in dict.fromkeys(getattr(row, column) for row in rows))
     return ", ".join(v for v in values if v)
 
 
