@@ -4,8 +4,11 @@ deltas), the page `write_report` writes (also for failed, partial and damaged ru
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import logging
 import math
+import random
 import re
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from dllm_bench.sinks.csvfiles import FINAL_CSV, PARTIAL_CSV, write_rows_atomic
 from dllm_bench.sinks.gate import parse_gate
 from dllm_bench.sinks.manifest import Counts, GateRecord, Manifest, read_manifest, write_manifest
 from dllm_bench.sinks.report import FIGURES_DIR, REPORT_HTML, data, figures, write_report
+from dllm_bench.sinks.report.cli import load_run
 from dllm_bench.sinks.report.cli import main as report_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -676,7 +680,7 @@ def test_cli_compares_two_runs_of_the_same_cases(tmp_path: Path) -> None:
     rows = quality_grid()
     old = run_dir(tmp_path / "old", [dataclasses.replace(r, tokens_per_s=(r.tokens_per_s or 1) * 2) for r in rows])
     new = run_dir(tmp_path / "new", rows)
-    assert report_main([str(old), str(new), "--gate", "tokens_per_s:-10%"]) == 0
+    assert report_main([str(old), str(new), "--gate", "tokens_per_s:-10%"]) == 1  # the gate failed
     text, page = parse_page(new / REPORT_HTML)
     assert len(page.images) == 4
     assert f"Reference: <code>{old}</code>" in text
@@ -726,3 +730,133 @@ def test_the_report_command_does_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+# --- pairing by the full comparison key, at scale ------------------------------------------
+
+
+def seeded_copies(row: Row, seeds: range) -> list[Row]:
+    """Copies of a row, copy i with prompt seed i and its own case id."""
+    return [dataclasses.replace(row, seed=seed, case_id=f"{row.case_id}-seed{seed}") for seed in seeds]
+
+
+def test_a_2000_row_run_pairs_each_llada_seed_with_the_ar_case_of_that_seed_only(tmp_path: Path) -> None:
+    seeds = range(1000)
+    rows = [r for pair in zip(seeded_copies(llada(1), seeds), seeded_copies(ar(1), seeds), strict=True) for r in pair]
+    run = load_run([run_dir(tmp_path / "run", rows)])
+    assert len(run.rows) == 2000
+    items = data.speedups(run.rows)
+    assert len(items) == 1000
+    assert all(item.llada_case.rsplit("-", 1)[1] == item.baseline_case.rsplit("-", 1)[1] for item in items)
+    assert data.shapes_without_baseline(run.rows) == []
+
+
+def test_a_llada_case_without_an_ar_case_of_its_seed_is_not_paired_and_is_listed() -> None:
+    rows = [*seeded_copies(llada(1), range(2)), *seeded_copies(ar(1), range(1))]
+    assert [(s.llada_case, s.baseline_case) for s in data.speedups(rows)] == [
+        ("tiny-llada-p32-g64-b1-s16-k32-seed0", "tiny-llama-p32-g64-b1-seed0")
+    ]
+    assert data.shapes_without_baseline(rows) == [("random", (32, 64, 1))]
+    # Other task options are other prompts: no pair either.
+    assert data.speedups([llada(1, task_options='{"n": 4}'), ar(1)]) == []
+
+
+def test_the_speedup_table_shows_the_median_over_prompt_seeds(tmp_path: Path) -> None:
+    speeds = {0: 100.0, 1: 300.0, 2: 400.0}  # AR at 50 tokens/s: 2x, 6x, 8x
+    rows = [dataclasses.replace(r, tokens_per_s=speeds[r.seed or 0]) for r in seeded_copies(llada(1), range(3))]
+    rows += seeded_copies(ar(1), range(3))
+    _, page = parse_page(write_report(tmp_path, rows, None, partial=False))
+    assert page.table_rows["speedups"] == [["s16-k32", "6.00x"]]
+
+
+def test_pareto_front_agrees_with_its_definition_on_many_tied_points() -> None:
+    generator = random.Random(7)
+    points = [(float(generator.randint(0, 30)), float(generator.randint(0, 30))) for _ in range(400)]
+    dominated = {
+        i for i, (x, y) in enumerate(points) if any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in points)
+    }
+    assert sorted(data.pareto_front(points)) == sorted(set(range(len(points))) - dominated)
+
+
+# --- impossible values and missing columns -------------------------------------------------
+
+
+def test_impossible_values_are_named_on_the_page_marked_in_the_table_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [llada(1, accuracy=-5.0), ar(1, latency_mean_s=-0.5), llada(2, agreement_exact=1.5), llada(4)]
+    assert [(i.case_id, i.column, i.value) for i in data.impossible_values(rows)] == [
+        (rows[0].case_id, "accuracy", -5.0),
+        (rows[1].case_id, "latency_mean_s", -0.5),
+        (rows[2].case_id, "agreement_exact", 1.5),
+    ]
+    with caplog.at_level(logging.WARNING, logger="dllm_bench.report"):
+        text, page = parse_page(write_report(tmp_path, rows, None, partial=False))
+    assert "impossible" in page.ids
+    assert "3 impossible values" in text
+    assert "accuracy = -5 (possible: 0 to 1)" in text and "latency_mean_s = -0.5 (possible: 0 or more)" in text
+    assert text.count('class="num impossible"') == 3
+    assert "3 impossible values" in caplog.text
+
+
+def without_columns(path: Path, dropped: set[str]) -> None:
+    """Rewrite a results CSV without some columns, as an older suite or a hand edit leaves it."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        lines = list(csv.reader(handle))
+    keep = [i for i, name in enumerate(lines[0]) if name not in dropped]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\n").writerows([[line[i] for i in keep] for line in lines])
+
+
+def test_the_report_command_names_the_metric_columns_a_results_file_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = run_dir(tmp_path / "run", default_grid_like())
+    without_columns(run / FINAL_CSV, {"nfe", "accuracy", "model"})
+    assert report_main([str(run)]) == 0
+    text, page = parse_page(run / REPORT_HTML)
+    assert "missing-columns" in page.ids
+    assert f"<code>{run / FINAL_CSV}</code> has no nfe, accuracy</li>" in text  # measurement columns only
+    assert "has no nfe, accuracy column" in caplog.text
+    # A complete file names nothing.
+    assert report_main([str(run_dir(tmp_path / "complete", default_grid_like()))]) == 0
+    assert "missing-columns" not in parse_page(tmp_path / "complete" / REPORT_HTML)[1].ids
+
+
+# --- the command's gate: exit codes ----------------------------------------------------------
+
+
+def test_the_report_commands_gate_fails_when_it_compared_nothing_unless_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = default_grid_like()
+    # Other measured_rounds: other cases, so no case of the run has a reference row.
+    reference = run_dir(tmp_path / "reference", [dataclasses.replace(r, measured_rounds=5) for r in rows])
+    run = run_dir(tmp_path / "run", rows)
+    gate = [str(run), "--reference", str(reference), "--gate", "tokens_per_s:-10%"]
+    assert report_main(gate) == 1
+    text = (run / REPORT_HTML).read_text(encoding="utf-8")
+    assert "The gate compared nothing (0 case/metric pairs)" in text
+    assert "No regression past the gate's limits" not in text
+    assert "gate FAILED: compared 0 case/metric pairs" in caplog.text
+    assert report_main([*gate, "--gate-allow-missing"]) == 0
+    assert "The gate compared nothing" in (run / REPORT_HTML).read_text(encoding="utf-8")
+
+
+def test_the_report_commands_exit_code_follows_its_gate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = default_grid_like()
+    reference = run_dir(tmp_path / "reference", rows)
+    same = run_dir(tmp_path / "same", rows)
+    slower = run_dir(
+        tmp_path / "slower", [dataclasses.replace(r, tokens_per_s=(r.tokens_per_s or 1) / 2) for r in rows]
+    )
+    assert report_main([str(same), "--reference", str(reference), "--gate", "tokens_per_s:-10%"]) == 0
+    assert f"No regression past the gate's limits ({len(rows)} case/metric pairs compared)" in (
+        same / REPORT_HTML
+    ).read_text(encoding="utf-8")
+    assert report_main([str(slower), "--reference", str(reference), "--gate", "tokens_per_s:-10%"]) == 1
+    # --gate without a reference run: nothing written, exit 2.
+    alone = run_dir(tmp_path / "alone", rows)
+    assert report_main([str(alone), "--gate", "tokens_per_s:-10%"]) == 2
+    assert "--gate needs a reference run" in caplog.text
+    assert not (alone / REPORT_HTML).exists()

@@ -1,17 +1,21 @@
 """Write the report (report.html and its figures) of existing run directories.
 
-    dllm-bench-report RUN_DIR [RUN_DIR ...] [--reference RUN_DIR] [--gate RULE ...] [-o OUT]
+    dllm-bench-report RUN_DIR [RUN_DIR ...] [--reference RUN_DIR] [--gate RULE ...] [--gate-allow-missing] [-o OUT]
 
 Several RUN_DIRs whose cases do not overlap (SLURM shards) are one run: their rows are
 combined, the latest row of each case kept. Two RUN_DIRs that share cases, without
 --reference, are a comparison: the first is the reference, the second the run reported on.
 Without --reference, a run made with --gate-reference is compared with that reference
 when it still exists. The gate rules drawn are --gate's, else the run's own (its manifest).
+Exit codes: 0 the report was written (and --gate's rules passed); 1 the report was written but
+--gate failed (a regression, or nothing compared without --gate-allow-missing); 2 nothing
+was written (a bad directory, file or rule; --gate without a reference run).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,14 +25,27 @@ from typing import Any
 
 from dllm_bench.rows import Row
 from dllm_bench.sinks.atomic import StorageError
-from dllm_bench.sinks.csvfiles import ResultsFileError, latest_per_case, read_results, read_run_rows
-from dllm_bench.sinks.gate import GateError, GateRule, parse_gate
+from dllm_bench.sinks.csvfiles import (
+    BOM,
+    RESULT_FILES,
+    ResultsFileError,
+    latest_per_case,
+    read_results,
+    read_run_rows,
+)
+from dllm_bench.sinks.gate import GateError, GateResult, GateRule, check_gate, parse_gate
 from dllm_bench.sinks.manifest import ManifestError, read_manifest
+from dllm_bench.sinks.report.data import missing_metric_columns
 from dllm_bench.sinks.report.writer import write_report
 
 LOG = logging.getLogger("dllm_bench.report")
 
 PARTIAL_STATUSES = frozenset({"running", "interrupted", "incomplete"})
+
+# Exit codes of the command.
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
 
 
 class ReportError(RuntimeError):
@@ -42,6 +59,7 @@ class Run:
     directories: tuple[Path, ...]
     rows: list[Row]
     manifest: dict[str, Any] | None
+    missing_columns: dict[str, list[str]]
 
     @property
     def name(self) -> str:
@@ -60,6 +78,31 @@ def directory_rows(directory: Path) -> list[Row]:
     if not rows:
         raise ReportError(f"{directory} holds no result rows (raw_metrics.csv or raw_metrics_partial.csv)")
     return latest_per_case(rows)
+
+
+def csv_header(path: Path) -> list[str] | None:
+    """The column names of a results CSV's header line; None for a file without one (its rows
+    have the current columns), a missing or empty file, or one that cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline().removeprefix(BOM)
+        cells = next(csv.reader([first.decode("utf-8")]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return cells if "case_id" in cells and "status" in cells else None
+
+
+def missing_columns(directory: Path) -> dict[str, list[str]]:
+    """The measurement columns each results file of a run directory (or the results CSV) lacks."""
+    files = [directory / name for name in RESULT_FILES] if directory.is_dir() else [directory]
+    found: dict[str, list[str]] = {}
+    for path in files:
+        header = csv_header(path) if path.is_file() else None
+        missing = missing_metric_columns(header) if header is not None else []
+        if missing:
+            LOG.warning("%s has no %s column: those values are empty in the report", path, ", ".join(missing))
+            found[str(path)] = missing
+    return found
 
 
 def directory_manifest(directory: Path) -> dict[str, Any] | None:
@@ -97,7 +140,8 @@ def load_run(directories: Sequence[Path]) -> Run:
     for directory in directories:
         rows += directory_rows(directory)
     manifests = [directory_manifest(directory) for directory in directories]
-    return Run(tuple(directories), latest_per_case(rows), combined_manifest(directories, manifests))
+    missing = {path: columns for directory in directories for path, columns in missing_columns(directory).items()}
+    return Run(tuple(directories), latest_per_case(rows), combined_manifest(directories, manifests), missing)
 
 
 def is_partial(manifest: Mapping[str, Any] | None) -> bool:
@@ -182,6 +226,11 @@ def parser() -> argparse.ArgumentParser:
         help="a gate rule to draw and check, e.g. tokens_per_s:-10%% (repeatable; default: the run's own)",
     )
     result.add_argument(
+        "--gate-allow-missing",
+        action="store_true",
+        help="let --gate pass when it compared nothing, or when a case with a reference row has no value to compare",
+    )
+    result.add_argument(
         "-o",
         "--output",
         type=Path,
@@ -191,18 +240,28 @@ def parser() -> argparse.ArgumentParser:
     return result
 
 
-def run(args: argparse.Namespace) -> Path:
+@dataclass(frozen=True)
+class Outcome:
+    """What the command did: the page it wrote and, with --gate, what the gate found."""
+
+    page: Path
+    gate: GateResult | None = None
+
+
+def run(args: argparse.Namespace) -> Outcome:
     run_dirs, reference_dir = split_runs(args.run_dirs, args.reference)
     current = load_run(run_dirs)
     if reference_dir is None and args.reference is None:
         reference_dir = manifest_reference(current.manifest)
-    reference = load_run([reference_dir]) if reference_dir is not None else None
     try:
         rules = gate_rules(args.gate, current.manifest)
     except GateError as exc:
         raise ReportError(str(exc)) from exc
+    if args.gate and reference_dir is None:
+        raise ReportError("--gate needs a reference run to compare with: pass --reference RUN_DIR")
+    reference = load_run([reference_dir]) if reference_dir is not None else None
     out = output_directory(args.output, run_dirs)
-    return write_report(
+    page = write_report(
         out,
         current.rows,
         current.manifest,
@@ -211,19 +270,34 @@ def run(args: argparse.Namespace) -> Path:
         gate_rules=rules,
         partial=is_partial(current.manifest),
         source=current.name,
+        gate_allow_missing=args.gate_allow_missing,
+        missing_columns=current.missing_columns,
     )
+    if not args.gate or reference is None:
+        return Outcome(page)
+    return Outcome(page, check_gate(current.rows, reference.rows, rules))
+
+
+def exit_code(outcome: Outcome, *, allow_missing: bool) -> int:
+    """EXIT_GATE_FAILED when --gate failed (as in a run: a regression, or a gate that compared
+    nothing unless --gate-allow-missing), else EXIT_OK; the gate's lines are logged."""
+    if outcome.gate is None:
+        return EXIT_OK
+    for line in outcome.gate.lines(allow_missing=allow_missing):
+        (LOG.error if "FAILED" in line else LOG.info)(line)
+    return EXIT_OK if outcome.gate.passed(allow_missing=allow_missing) else EXIT_GATE_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
-        path = run(args)
+        outcome = run(args)
     except (ReportError, StorageError) as exc:
         LOG.error("%s", exc)
-        return 2
-    sys.stdout.write(f"{path}\n")
-    return 0
+        return EXIT_BAD_INPUT
+    sys.stdout.write(f"{outcome.page}\n")
+    return exit_code(outcome, allow_missing=args.gate_allow_missing)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ AR case of the same task and shape, and the per-case changes against a reference
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from dllm_bench.rows import Row, number
+from dllm_bench.rows import MEASUREMENT_COLUMNS, Row, number
 from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.sinks.csvfiles import latest_per_case
 from dllm_bench.sinks.gate import GateRule, change_in, check_gate
@@ -33,6 +35,10 @@ POINTS = "pp"
 
 Shape = tuple[int | None, int | None, int | None]
 
+# The columns of a LLaDA row's decoding settings (`LladaSettings.from_columns` reads these).
+SETTINGS_COLUMNS = tuple(f.name for f in dataclasses.fields(LladaSettings))
+_settings_of = operator.attrgetter(*SETTINGS_COLUMNS)
+
 
 def task_of(row: Row) -> str:
     """The row's task; rows written before the task column existed are the random task."""
@@ -48,7 +54,15 @@ def strategy_label(row: Row) -> str:
     `id_parts`, e.g. `s64-k32-cdual`, `k32-cdual-th0.9`). Other kinds are labelled `AR`."""
     if row.kind != LLADA:
         return "AR"
-    return "-".join(LladaSettings.from_columns(row.to_record()).id_parts()) or "default"
+    return _settings_label(_settings_of(row))
+
+
+@functools.lru_cache(maxsize=1024)
+def _settings_label(values: tuple[object, ...]) -> str:
+    """The label of one set of decoding settings (`SETTINGS_COLUMNS` values), made once per
+    distinct set: a run of thousands of rows has a few."""
+    settings = LladaSettings.from_columns(dict(zip(SETTINGS_COLUMNS, values, strict=True)))
+    return "-".join(settings.id_parts()) or "default"
 
 
 @dataclass(frozen=True)
@@ -90,18 +104,72 @@ def failed_rows(rows: Iterable[Row]) -> list[Row]:
     return [row for row in rows if not row.ok]
 
 
+# --- values no measurement can take, columns a CSV lacks -------------------------------------
+
+# Measurements that are a share of a whole (0 to 1); every measurement is 0 or more.
+SHARE_MEASUREMENTS = frozenset({"accuracy", "accuracy_se", "agreement_exact", "outside_forward_share"})
+_MEASUREMENTS = frozenset(MEASUREMENT_COLUMNS)
+
+
+def is_possible(column: str, value: float) -> bool:
+    """Whether a measurement column (`MEASUREMENT_COLUMNS`) can hold `value`: 0 or more, and at
+    most 1 for a share. Other columns are not checked."""
+    if value < 0 or (value > 1 and column in SHARE_MEASUREMENTS):  # NaN is neither
+        return column not in _MEASUREMENTS
+    return True
+
+
+@dataclass(frozen=True)
+class Impossible:
+    """A value that no measurement of its column can take (a damaged or edited CSV, or a bug)."""
+
+    case_id: str
+    column: str
+    value: float
+
+    def describe(self) -> str:
+        possible = "0 to 1" if self.column in SHARE_MEASUREMENTS else "0 or more"
+        return f"{self.case_id}: {self.column} = {self.value:g} (possible: {possible})"
+
+
+def impossible_values(rows: Iterable[Row]) -> list[Impossible]:
+    """Every measurement of the rows that its column cannot hold, in row then column order."""
+    found: list[Impossible] = []
+    for row in rows:
+        for column in MEASUREMENT_COLUMNS:
+            value = getattr(row, column)
+            if value is not None and not is_possible(column, value):
+                found.append(Impossible(row.case_id, column, float(value)))
+    return found
+
+
+def missing_metric_columns(header: Sequence[str]) -> list[str]:
+    """The measurement columns (`MEASUREMENT_COLUMNS`) a results CSV's header lacks, in column order."""
+    present = set(header)
+    return [column for column in MEASUREMENT_COLUMNS if column not in present]
+
+
 # --- speed against quality ----------------------------------------------------------------
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates, both coordinates larger being better
     (a point dominates another when it is at least as good in both and better in one).
-    Equal points are all on the front. Sorted by the first coordinate."""
-    front = [
-        i
-        for i, (x, y) in enumerate(points)
-        if not any((ox >= x and oy >= y) and (ox > x or oy > y) for ox, oy in points)
-    ]
+    Equal points are all on the front. Sorted by the first coordinate.
+
+    One sweep from the largest first coordinate down (n log n): a point is dominated by a point
+    of a larger first coordinate whose second is at least as large, or by one of the same first
+    coordinate whose second is larger."""
+    by_x: dict[float, list[int]] = {}
+    for i, (x, _) in enumerate(points):
+        by_x.setdefault(x, []).append(i)
+    front: list[int] = []
+    best_right = -math.inf  # the largest second coordinate among larger first coordinates
+    for x in sorted(by_x, reverse=True):
+        top = max(points[i][1] for i in by_x[x])
+        if top > best_right:
+            front += [i for i in by_x[x] if points[i][1] == top]
+        best_right = max(best_right, top)
     return sorted(front, key=lambda i: (points[i][0], points[i][1]))
 
 
@@ -204,7 +272,8 @@ def trade_offs(rows: Sequence[Row]) -> list[TradeOff]:
 
 @dataclass(frozen=True)
 class Speedup:
-    """A LLaDA case's tokens_per_s over the AR case's of the same task and shape. `label` is the
+    """A LLaDA case's tokens_per_s over the AR case's of the same `pair_key` (task and its
+    options, shape, seed); `task` and `shape` are the pair's. `label` is the
     LLaDA series label; `setting` adds the AR model's name when the run has several."""
 
     label: str
@@ -221,23 +290,62 @@ class Speedup:
         return self.ratio < 1.0
 
 
-def speedups(rows: Sequence[Row]) -> list[Speedup]:
-    """Every ok LLaDA row paired with every ok AR (`baseline` kind) row of the same task,
-    prompt_length, gen_length and batch_size; rows without a positive tokens_per_s are left out.
-    With several AR models the setting names the AR model it is compared with."""
+PairKey = tuple[str, str | None, Shape, int | None]
+
+
+def side_of(row: Row) -> str | None:
+    """Which side of a speedup pair a row is on: LLADA (the diffusion model), BASELINE (the AR
+    model it is compared with), or None (neither)."""
+    return row.kind if row.kind in (LLADA, BASELINE) else None
+
+
+def pair_key(row: Row) -> PairKey:
+    """What a LLaDA case and the AR case it is compared with share: the task and its options,
+    the shape and the prompt seed (the same prompts)."""
+    return (task_of(row), row.task_options, shape_of(row), row.seed)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """The speedup pairs of a run (`pair_with_ar`), made once for the figure, the table and the
+    list of shapes without an AR case."""
+
+    speedups: list[Speedup]
+    without_baseline: list[tuple[str, Shape]]
+
+    def by_case(self) -> dict[str, float]:
+        """Each LLaDA case's speedup over AR; with several AR models, the one of the first."""
+        result: dict[str, float] = {}
+        for item in self.speedups:
+            result.setdefault(item.llada_case, item.ratio)
+        return result
+
+
+def pair_with_ar(rows: Sequence[Row]) -> Pairing:
+    """Each ok LLaDA row paired with the ok AR (`baseline` kind) rows of the same `pair_key`
+    (task, task options, prompt_length, gen_length, batch_size and seed): one pair per AR model.
+    Rows without a positive tokens_per_s are left out. With several AR models the setting names
+    the AR model it is compared with. Linear in the rows: each row is looked up once by its key."""
     labeller = Labeller.for_rows(rows)
-    baselines: dict[tuple[str, Shape], list[tuple[Row, float]]] = {}
+    baselines: dict[PairKey, list[tuple[Row, float]]] = {}
+    llada: list[tuple[Row, float | None]] = []
     for row in ok_rows(rows):
-        speed = positive(row, "tokens_per_s")
-        if row.kind == BASELINE and speed is not None:
-            baselines.setdefault(_group_key(row), []).append((row, speed))
+        side, speed = side_of(row), positive(row, "tokens_per_s")
+        if side == BASELINE and speed is not None:
+            baselines.setdefault(pair_key(row), []).append((row, speed))
+        elif side == LLADA:
+            llada.append((row, speed))
     result: list[Speedup] = []
-    for row in ok_rows(rows):
-        speed = positive(row, "tokens_per_s")
-        if row.kind != LLADA or speed is None:
+    missing: set[tuple[str, Shape]] = set()
+    for row, speed in llada:
+        partners = baselines.get(pair_key(row), [])
+        if not partners:
+            missing.add(_group_key(row))
+        if speed is None or not partners:
             continue
-        for baseline, baseline_speed in baselines.get(_group_key(row), []):
-            label = labeller.label(row)
+        label = labeller.label(row)
+        task, shape = _group_key(row)
+        for baseline, baseline_speed in partners:
             result.append(
                 Speedup(
                     label=label,
@@ -245,20 +353,23 @@ def speedups(rows: Sequence[Row]) -> list[Speedup]:
                     llada_case=row.case_id,
                     baseline_case=baseline.case_id,
                     baseline_model=baseline.model or "",
-                    task=task_of(row),
-                    shape=shape_of(row),
+                    task=task,
+                    shape=shape,
                     ratio=speed / baseline_speed,
                 )
             )
-    return result
+    return Pairing(result, sorted(missing, key=_sort_key))
+
+
+def speedups(rows: Sequence[Row]) -> list[Speedup]:
+    """The speedup pairs of `pair_with_ar`."""
+    return pair_with_ar(rows).speedups
 
 
 def shapes_without_baseline(rows: Sequence[Row]) -> list[tuple[str, Shape]]:
-    """Task and shape of the ok LLaDA rows that have no AR case to compare with (none ok, or
-    none with a tokens_per_s), sorted."""
-    paired = {(item.task, item.shape) for item in speedups(rows)}
-    missing = {_group_key(r) for r in ok_rows(rows) if r.kind == LLADA} - paired
-    return sorted(missing, key=_sort_key)
+    """Task and shape of the ok LLaDA rows that have no AR case to compare with (none ok, none
+    with a tokens_per_s, or none of the same task options and seed), sorted."""
+    return pair_with_ar(rows).without_baseline
 
 
 # --- latency, NFE and tokens per forward ---------------------------------------------------
@@ -363,6 +474,7 @@ class Comparison:
     rules: list[GateRule]
     regressions: list[str]
     gate_problem: str
+    gate_compared: int = 0
     new_cases: list[str] = field(default_factory=list)
     missing_cases: list[str] = field(default_factory=list)
     not_ok: list[str] = field(default_factory=list)
@@ -388,12 +500,19 @@ def comparison_metrics(rows: Sequence[Row], reference_rows: Sequence[Row], rules
     return list(dict.fromkeys(metrics))
 
 
-def compare(rows: Sequence[Row], reference_rows: Sequence[Row], rules: Sequence[GateRule] = ()) -> Comparison:
+def compare(
+    rows: Sequence[Row],
+    reference_rows: Sequence[Row],
+    rules: Sequence[GateRule] = (),
+    *,
+    allow_missing: bool = False,
+) -> Comparison:
     """The per-case changes of this run's ok rows against the reference run's ok rows of the
     same case (`Row.key`, as the gate matches them; the latest row of each case on each side).
 
     Regressions are the gate's own failures (`check_gate` with `rules`); without rules nothing
-    is called a regression.
+    is called a regression. `allow_missing` is `--gate-allow-missing`: a gate that compared
+    nothing is then no problem.
     """
     current = latest_per_case(rows)
     # The reference row of a case is its latest ok row (the one the gate compares), else its latest row.
@@ -430,19 +549,9 @@ def compare(rows: Sequence[Row], reference_rows: Sequence[Row], rules: Sequence[
         changes=changes,
         rules=list(rules),
         regressions=[failure.describe() for failure in gate.failures] if gate else [],
-        gate_problem=gate.problem(allow_missing=False) if gate else "",
+        gate_problem=gate.problem(allow_missing=allow_missing) if gate else "",
+        gate_compared=gate.compared if gate else 0,
         new_cases=new_cases,
         missing_cases=[row.case_id for row in reference.values()],
         not_ok=not_ok,
     )
-
-
-# --- the table -----------------------------------------------------------------------------
-
-
-def speedup_by_case(rows: Sequence[Row]) -> Mapping[str, float]:
-    """Each LLaDA case's speedup over AR; with several AR models, the one of the first."""
-    result: dict[str, float] = {}
-    for item in speedups(rows):
-        result.setdefault(item.llada_case, item.ratio)
-    return result

@@ -16,11 +16,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.axis import XAxis, YAxis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex
+from matplotlib.colors import to_hex, to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -219,17 +220,34 @@ def _front_line(axis: Axes, points: Sequence[Point]) -> None:
 
 
 def _quality_panel(axis: Axes, panel: TradeOff, colors: Mapping[str, str]) -> None:
-    scored = [(p, p.quality) for p in panel.llada if p.quality is not None]
-    axis.scatter([p.speed for p, _ in scored], [q for _, q in scored], c=[colors[p.label] for p, _ in scored], zorder=2)
-    for p, quality in scored:
-        if p.quality_se is not None:
-            axis.errorbar([p.speed], [quality], yerr=[p.quality_se], fmt="none", ecolor=colors[p.label], zorder=2)
+    # One scatter and one errorbar artist per label, however many cases (seeds) the panel has.
+    by_label: dict[str, list[tuple[float, float, float | None]]] = {}
+    for p in panel.llada:
+        if p.quality is not None:
+            by_label.setdefault(p.label, []).append((p.speed, p.quality, p.quality_se))
+    for label, scored in by_label.items():
+        speeds, qualities = np.array([x for x, _, _ in scored]), np.array([y for _, y, _ in scored])
+        axis.scatter(speeds, qualities, c=colors[label], zorder=2)
+        bars = [(x, y, se) for x, y, se in scored if se is not None]
+        if bars:
+            axis.errorbar(
+                np.array([x for x, _, _ in bars]),
+                np.array([y for _, y, _ in bars]),
+                yerr=np.array([se for _, _, se in bars]),
+                fmt="none",
+                ecolor=colors[label],
+                zorder=2,
+            )
     _front_line(axis, panel.llada)
-    for b in panel.baselines:
-        if b.quality is None:
-            axis.axvline(b.speed, color=colors[b.label], ls=":", lw=1.2)
-        else:
-            axis.plot([b.speed], [b.quality], "*", color=colors[b.label], ms=12, zorder=4)
+    # One artist per AR label, however many AR cases (seeds) the panel has.
+    for label in dict.fromkeys(b.label for b in panel.baselines):
+        mine = [b for b in panel.baselines if b.label == label]
+        unscored = sorted({b.speed for b in mine if b.quality is None})
+        if unscored:
+            axis.vlines(unscored, 0, 1, transform=axis.get_xaxis_transform(), colors=colors[label], ls=":", lw=1.2)
+        stars = [(b.speed, b.quality) for b in mine if b.quality is not None]
+        if stars:
+            axis.plot([x for x, _ in stars], [y for _, y in stars], "*", ls="", color=colors[label], ms=12, zorder=4)
     axis.set_ylabel(panel.metric or "", fontsize="small")
     _speed_scale(axis, [p.speed for p in [*panel.llada, *panel.baselines]])
 
@@ -376,11 +394,11 @@ def _latency_panel(axis: Axes, items: Sequence[Cost], colors: Mapping[str, str])
         chosen = [item for item in items if (item.kind == LLADA) == kind_is_llada]
         if chosen:
             axis.scatter(
-                [item.nfe for item in chosen],
-                [item.latency_s for item in chosen],
-                s=[scale * (18 + 10 * math.log2(max(1, item.batch_size or 1))) for item in chosen],
+                np.array([item.nfe for item in chosen]),
+                np.array([item.latency_s for item in chosen]),
+                s=np.array([scale * (18 + 10 * math.log2(max(1, item.batch_size or 1))) for item in chosen]),
                 marker=marker,
-                c=[colors[item.label] for item in chosen],
+                c=to_rgba_array([colors[item.label] for item in chosen]),
                 alpha=0.85,
             )
     axis.set_xscale("log")

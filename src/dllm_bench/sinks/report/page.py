@@ -10,17 +10,20 @@ import base64
 import html
 import json
 import shlex
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from dllm_bench.rows import ENVIRONMENT_COLUMNS, Row
 from dllm_bench.sinks.report.data import (
     Change,
     Comparison,
+    Impossible,
     Speedup,
     TradeOff,
     failed_rows,
+    is_possible,
     shape_name,
     strategy_label,
     task_of,
@@ -62,7 +65,10 @@ TABLE_COLUMNS = (
 )
 DERIVED_DOCS = {
     STRATEGY: "derived: the LLaDA decoding settings as case ids write them; AR for the baseline",
-    SPEEDUP: "derived: tokens_per_s over the AR case's of the same task, prompt_length, gen_length and batch_size",
+    SPEEDUP: (
+        "derived: tokens_per_s over the AR case's of the same task, task_options, prompt_length, gen_length, "
+        "batch_size and seed"
+    ),
 }
 ALWAYS_SHOWN = frozenset({"case_id", "status", "tokens_per_s", STRATEGY})
 
@@ -94,6 +100,7 @@ th[aria-sort="descending"] button::after { content: " \\25BC"; }
 tr.notok td { background: #fdecea; }
 td.loses { background: #fbe3e0; }
 td.wins { background: #e3f4e8; }
+td.impossible { background: #f5b7b1; font-weight: 600; }
 dl.env { display: grid; grid-template-columns: max-content auto; gap: 0.15rem 1rem; }
 dl.env dt { font-weight: 600; }
 dl.env dd { margin: 0; font-family: ui-monospace, monospace; font-size: 0.85rem; word-break: break-all; }
@@ -178,14 +185,16 @@ def cell_text(value: object) -> str:
     return str(value)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _cell(value: object, *, css: str = "") -> str:
     """A table cell; numbers are right-aligned and sort by their value (`data-sort`)."""
-    if _is_number(value):
-        return f'<td class="{f"num {css}".strip()}" data-sort="{value!r}">{esc(cell_text(value))}</td>'
+    if value is None and not css:
+        return "<td></td>"
+    if _is_number(value):  # a number's text needs no escaping
+        return f'<td class="{f"num {css}".strip()}" data-sort="{value!r}">{cell_text(value)}</td>'
     class_attr = f' class="{css}"' if css else ""
     return f"<td{class_attr}>{esc(cell_text(value))}</td>"
 
@@ -280,6 +289,36 @@ def noise_html(rows: Sequence[Row]) -> str:
     )
 
 
+# Impossible values listed on the page at most (the table marks them all).
+MAX_LISTED_IMPOSSIBLE = 20
+
+
+def impossible_html(items: Sequence[Impossible]) -> str:
+    """The values no measurement can take, listed (the first MAX_LISTED_IMPOSSIBLE) and marked in the table."""
+    if not items:
+        return ""
+    listed = "".join(f"<li><code>{esc(item.describe())}</code></li>" for item in items[:MAX_LISTED_IMPOSSIBLE])
+    more = f"<li>and {len(items) - MAX_LISTED_IMPOSSIBLE} more</li>" if len(items) > MAX_LISTED_IMPOSSIBLE else ""
+    return (
+        f'<div class="failed" id="impossible"><b>{len(items)} impossible values</b> (a measurement below 0, or a '
+        "share above 1): the results file was damaged or edited, or the suite wrote a wrong value. They are "
+        f"marked in the table and plotted as they are; do not trust these cases.<ul>{listed}{more}</ul></div>"
+    )
+
+
+def missing_columns_html(missing: Mapping[str, Sequence[str]]) -> str:
+    """The measurement columns each results file lacks (written by an older suite, or cut down by hand)."""
+    if not missing:
+        return ""
+    items = "".join(
+        f"<li><code>{esc(path)}</code> has no {esc(', '.join(columns))}</li>" for path, columns in missing.items()
+    )
+    return (
+        f'<div class="failed" id="missing-columns"><b>Missing columns</b>: these results files lack measurement '
+        f"columns; their values are empty on this page (not zero).<ul>{items}</ul></div>"
+    )
+
+
 # --- 1. speed against quality --------------------------------------------------------------
 
 
@@ -323,14 +362,17 @@ def trade_off_html(panels: Sequence[TradeOff], image: Image | None) -> str:
 def _speedup_table(items: Sequence[Speedup]) -> str:
     columns = sorted({(i.task, i.shape) for i in items}, key=lambda c: (c[0], tuple(v or 0 for v in c[1])))
     settings = list(dict.fromkeys(i.setting for i in items))
-    ratio = {(i.setting, i.task, i.shape): i.ratio for i in items}
-    headers = [("setting", "the LLaDA strategy"), *((f"{t} {shape_name(s)}", "speedup vs AR") for t, s in columns)]
+    ratios: dict[tuple[str, str, Any], list[float]] = {}
+    for i in items:
+        ratios.setdefault((i.setting, i.task, i.shape), []).append(i.ratio)
+    tip = "speedup vs AR; the median where several prompt seeds (or task options) give several pairs"
+    headers = [("setting", "the LLaDA strategy"), *((f"{t} {shape_name(s)}", tip) for t, s in columns)]
     body = []
     for setting in settings:
         cells = [f"<td>{esc(setting)}</td>"]
         for task, shape in columns:
-            value = ratio.get((setting, task, shape))
-            cells.append("<td></td>" if value is None else _ratio_cell(value))
+            values = ratios.get((setting, task, shape))
+            cells.append("<td></td>" if values is None else _ratio_cell(statistics.median(values)))
         body.append(("", cells))
     return sortable_table(headers, body, "speedups")
 
@@ -348,8 +390,9 @@ def speedup_html(
         best = max(items, key=lambda i: i.ratio)
         parts.append(
             note(
-                "tokens_per_s of each LLaDA case over the AR case of the same task, prompt_length, gen_length "
-                f"and batch_size. LLaDA is slower than AR in <b>{len(losing)} of {len(items)}</b> pairs; "
+                "tokens_per_s of each LLaDA case over the AR case of the same task, task options, prompt_length, "
+                "gen_length, batch_size and prompt seed. "
+                f"LLaDA is slower than AR in <b>{len(losing)} of {len(items)}</b> pairs; "
                 f"the best is {esc(best.setting)} at {esc(best.task)} {esc(shape_name(best.shape))}: "
                 f"{esc(format_ratio(best.ratio))}."
             )
@@ -359,7 +402,7 @@ def speedup_html(
         parts.append(_speedup_table(items))
     if missing:
         names = ", ".join(f"{esc(task)} {esc(shape_name(shape))}" for task, shape in missing)
-        parts.append(note(f"No ok AR case at: {names}."))
+        parts.append(note(f"Some LLaDA cases have no ok AR case of the same task options and prompt seed at: {names}."))
     return "\n".join(parts)
 
 
@@ -440,8 +483,18 @@ def comparison_html(comparison: Comparison | None, reference_name: str, image: I
                 f'<div class="failed" id="regressions"><b>{len(comparison.regressions)} regressions</b> '
                 f"past the gate's limits:<ul>{items}</ul></div>"
             )
+        elif comparison.gate_compared == 0:
+            parts.append(
+                note(
+                    "The gate compared nothing (0 case/metric pairs): no case of this run has an ok reference row "
+                    "with a value of a gated metric, so no regression could be found.",
+                    "problem",
+                )
+            )
         else:
-            parts.append(note("No regression past the gate's limits."))
+            parts.append(
+                note(f"No regression past the gate's limits ({comparison.gate_compared} case/metric pairs compared).")
+            )
         if comparison.gate_problem:
             parts.append(note(esc(comparison.gate_problem), "problem"))
     else:
@@ -490,7 +543,12 @@ def table_html(rows: Sequence[Row], speedup: Mapping[str, float], docs: Mapping[
         cells = []
         for column in columns:
             value = _value(row, column, speedup)
-            cells.append(_ratio_cell(value) if column == SPEEDUP and isinstance(value, float) else _cell(value))
+            if column == SPEEDUP and isinstance(value, float):
+                cells.append(_ratio_cell(value))
+            elif _is_number(value) and not is_possible(column, value):
+                cells.append(_cell(value, css="impossible"))
+            else:
+                cells.append(_cell(value))
         body.append(("" if row.ok else "notok", cells))
     return "\n".join(
         [
@@ -508,7 +566,7 @@ def table_html(rows: Sequence[Row], speedup: Mapping[str, float], docs: Mapping[
 
 
 def _distinct(rows: Sequence[Row], column: str) -> str:
-    values = dict.fromkeys(cell_text(getattr(row, column)) for row in rows)
+    values = dict.fromkeys(cell_text(value) for value in dict.fromkeys(getattr(row, column) for row in rows))
     return ", ".join(v for v in values if v)
 
 

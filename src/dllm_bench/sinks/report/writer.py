@@ -8,6 +8,7 @@ so on the page (and the log has the traceback); only a file that cannot be writt
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -55,12 +56,14 @@ class _Report:
         reference_rows: Sequence[Row] | None,
         reference_name: str,
         gate_rules: Sequence[GateRule],
+        gate_allow_missing: bool = False,
     ) -> None:
         self.rows = rows
         self.manifest = manifest
         self.reference_rows = reference_rows
         self.reference_name = reference_name
         self.gate_rules = gate_rules
+        self.gate_allow_missing = gate_allow_missing
         self.images: list[Image] = []
         labeller = data.Labeller.for_rows(rows)
         labels = [labeller.label(row) for row in data.ok_rows(rows)]
@@ -84,8 +87,13 @@ class _Report:
         )
         return page.trade_off_html(panels, image)
 
+    @functools.cached_property
+    def pairing(self) -> data.Pairing:
+        """The speedup pairs, made once for the speedup section and the table."""
+        return data.pair_with_ar(self.rows)
+
     def speedup(self) -> str:
-        items = data.speedups(self.rows)
+        items = self.pairing.speedups
         image = (
             self._image(
                 "speedup.png",
@@ -95,7 +103,7 @@ class _Report:
             if items
             else None
         )
-        return page.speedup_html(items, data.shapes_without_baseline(self.rows), image)
+        return page.speedup_html(items, self.pairing.without_baseline, image)
 
     def cost(self) -> str:
         items = data.costs(self.rows)
@@ -114,7 +122,9 @@ class _Report:
     def comparison(self) -> str:
         if self.reference_rows is None:
             return page.comparison_html(None, "", None)
-        comparison = data.compare(self.rows, self.reference_rows, self.gate_rules)
+        comparison = data.compare(
+            self.rows, self.reference_rows, self.gate_rules, allow_missing=self.gate_allow_missing
+        )
         image = (
             self._image(
                 "comparison.png",
@@ -127,10 +137,24 @@ class _Report:
         return page.comparison_html(comparison, self.reference_name, image)
 
     def table(self) -> str:
-        return page.table_html(self.rows, data.speedup_by_case(self.rows), dict(COLUMN_DOCS))
+        return page.table_html(self.rows, self.pairing.by_case(), dict(COLUMN_DOCS))
 
     def environment(self) -> str:
         return page.environment_html(self.manifest, self.rows)
+
+
+def impossible_values(rows: Sequence[Row]) -> list[data.Impossible]:
+    """The rows' impossible values (`data.impossible_values`), logged as one warning."""
+    found = data.impossible_values(rows)
+    if found:
+        shown = "; ".join(item.describe() for item in found[:3])
+        LOG.warning(
+            "report: %d impossible values (a measurement below 0, or a share above 1): %s%s",
+            len(found),
+            shown,
+            "; ..." if len(found) > 3 else "",
+        )
+    return found
 
 
 def report_title(output_dir: Path, manifest: Mapping[str, Any] | None) -> str:
@@ -149,13 +173,17 @@ def render_report(
     gate_rules: Sequence[GateRule] | None = None,
     partial: bool,
     source: str | None = None,
+    gate_allow_missing: bool = False,
+    missing_columns: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[str, list[Image]]:
     """The page's HTML and its figures, without writing anything."""
     rows = list(rows)
     gate = manifest.get("gate") if manifest else None
     if reference_name is None:
         reference_name = str(gate.get("reference") or "") if isinstance(gate, Mapping) else ""
-    report = _Report(rows, manifest, reference_rows, reference_name or "(given rows)", list(gate_rules or ()))
+    report = _Report(
+        rows, manifest, reference_rows, reference_name or "(given rows)", list(gate_rules or ()), gate_allow_missing
+    )
     title = report_title(output_dir, manifest)
     links = [name for name in LINKED_FILES if (output_dir / name).is_file()]
     generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -173,6 +201,8 @@ def render_report(
             ),
         ),
         _guarded("failed cases", lambda: page.failures_html(rows) + page.noise_html(rows)),
+        _guarded("impossible values", lambda: page.impossible_html(impossible_values(rows))),
+        _guarded("missing columns", lambda: page.missing_columns_html(missing_columns or {})),
         _guarded("1. Speed against quality", report.trade_off),
         _guarded("2. Speedup against AR", report.speedup),
         _guarded("3. Latency against NFE", report.cost),
@@ -208,6 +238,8 @@ def write_report(
     gate_rules: Sequence[GateRule] | None = None,
     partial: bool,
     source: str | None = None,
+    gate_allow_missing: bool = False,
+    missing_columns: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Write `output_dir/report.html` and `output_dir/report_figures/*.png`; returns the page's path.
 
@@ -217,6 +249,9 @@ def write_report(
     `reference_name` names it (default: the manifest's gate reference). `gate_rules`: drawn as
     limits, and their failures named as regressions. `partial`: label the page as a partial run.
     `source`: where the rows came from, for the page's header (default: `output_dir`).
+    `gate_allow_missing`: `--gate-allow-missing` (a gate that compared nothing is no problem).
+    `missing_columns`: the measurement columns each results file lacks, named on the page.
+    Values no measurement can take (`data.impossible_values`) are named on the page and logged.
 
     The figures are written first, then the page, each through a temporary file and a rename.
     Bad data never raises; a file that cannot be written raises StorageError.
@@ -230,6 +265,8 @@ def write_report(
         gate_rules=gate_rules,
         partial=partial,
         source=source,
+        gate_allow_missing=gate_allow_missing,
+        missing_columns=missing_columns,
     )
     _write_figures(output_dir / FIGURES_DIR, images)
     path = output_dir / REPORT_HTML
