@@ -116,6 +116,24 @@ BAD_CONFIGS: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
         "at least 11 for task copy",
     ),
     ("jsonl without a path", lambda c: c["grid"].update(task="jsonl"), "tasks.jsonl.path", "a JSONL file"),
+    (
+        "jsonl regex that does not compile",
+        lambda c: (
+            c["grid"].update(task="jsonl"),
+            c.update(tasks={"jsonl": {"path": "x.jsonl", "extractor": "regex:("}}),
+        ),
+        "tasks.jsonl.extractor",
+        "the pattern does not compile",
+    ),
+    (
+        "jsonl unknown extractor",
+        lambda c: (
+            c["grid"].update(task="jsonl"),
+            c.update(tasks={"jsonl": {"path": "x.jsonl", "extractor": "first"}}),
+        ),
+        "tasks.jsonl.extractor",
+        "last_number, exact or regex:PATTERN",
+    ),
     ("unknown shipped model", lambda c: c["models"][0].update(source="trained:gpt5"), "models[0].source", "trained:"),
 ]
 

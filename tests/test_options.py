@@ -4,12 +4,17 @@ deprecation warning."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from dllm_bench import options
+from dllm_bench.environment import threads_warning, usable_cores
 from dllm_bench.rows import Row
+from dllm_bench.runner import HostLoad, noise_warning
 from dllm_bench.sinks.csvfiles import append_row
 from tests.helpers import tiny_config, write_config
 
@@ -68,3 +73,40 @@ def test_an_ini_config_is_used_when_the_suite_is_on(bench_project: pytest.Pytest
     result = bench_project.runpytest_subprocess("--collect-only", "-q", "--progress", "off")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["test_bench.py::test_llada[[]tiny-llada-p8-g8-b2-s4-k8[]]"])
+
+
+# --- threads beyond the usable cores ------------------------------------------------------------
+
+
+def test_threads_beyond_the_usable_cores_are_named() -> None:
+    warning = threads_warning(10000, 2)
+    assert warning is not None and "10000 torch threads" in warning and "only 2 CPU core(s)" in warning
+    assert threads_warning(2, 2) is None
+    assert threads_warning(1, 2) is None
+
+
+def test_usable_cores_are_the_affinity_mask() -> None:
+    assert usable_cores() == len(os.sched_getaffinity(0))
+
+
+def test_the_row_noise_warning_names_threads_beyond_the_cores() -> None:
+    assert noise_warning(HostLoad(load_avg_1m=0.1, cpu_count=2, threads=10000), latency_cv=None) == "threads"
+    assert noise_warning(HostLoad(load_avg_1m=9.0, cpu_count=2, threads=3), latency_cv=0.5) == "load,threads,cv"
+    assert noise_warning(HostLoad(load_avg_1m=0.1, cpu_count=2, threads=2), latency_cv=None) == ""
+
+
+def test_the_run_logs_a_warning_for_threads_beyond_the_cores(
+    bench_project: pytest.Pytester, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_config(bench_project.path, tiny_config())
+    threads = usable_cores() + 1
+    before = torch.get_num_threads()
+    try:
+        result = bench_project.runpytest_inprocess(
+            "--config", str(path), "--collect-only", "-q", "--progress", "off", "--threads", str(threads)
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert result.ret == pytest.ExitCode.OK
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"{threads} torch threads but this process may use only {usable_cores()}" in w for w in warnings)

@@ -26,7 +26,7 @@ from dllm_bench.tasks import (
     write_tokenizer,
 )
 from dllm_bench.tasks.gsm8k import INSTALL_HINT, gsm8k_record, load_datasets_module, write_jsonl
-from dllm_bench.tasks.jsonl import answer_matches, read_records
+from dllm_bench.tasks.jsonl import REGEX_TEXT_LIMIT, answer_matches, read_records
 from dllm_bench.tasks.stats import aup_weight
 from dllm_bench.tasks.synthetic import answer_is_correct, draw_example
 
@@ -268,6 +268,20 @@ def test_read_records_names_the_bad_line(tmp_path: Path) -> None:
         read_records(path)
     path.write_text('{"prompt": "a", "answer": 12}\n')
     assert read_records(path)[0].answer == "12"
+
+
+def test_a_jsonl_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "a", "answer": 1}\n{"prompt": "caf\xe9", "answer": 2}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        read_records(path)
+
+
+def test_a_regex_extractor_sees_only_the_end_of_a_long_text() -> None:
+    text = "answer 7 " + "x" * REGEX_TEXT_LIMIT + " answer 9"
+    assert extract_answer(text, r"regex:answer (\d)") == "9"
+    assert extract_answer("answer 7 " + "x" * REGEX_TEXT_LIMIT, r"regex:answer (\d)") is None
+    assert extract_answer("answer 7 " + "x" * (REGEX_TEXT_LIMIT - 9), r"regex:answer (\d)") == "7"
 
 
 def _write_jsonl(path: Path) -> None:

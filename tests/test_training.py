@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import logging
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +23,8 @@ from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
 from dllm_bench.tasks import TASK_VOCAB
 from dllm_bench.training.data import DataSpec, draw_train_batch
 from dllm_bench.training.train import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
     TRAINING_RECORD,
     ModelShape,
     TrainSpec,
@@ -158,3 +168,173 @@ def test_the_command_writes_loadable_folders(tmp_path: Path) -> None:
         assert set(record["accuracy"]) == {"copy", "permute"}
     llada_record = json.loads((llada_dir / TRAINING_RECORD).read_text())
     assert set(llada_record["accuracy"]["copy"]) == {"steps=12", "steps=6", "steps=3"}
+
+
+# --- --out: checked before training, never overwritten, written atomically ----------------------
+
+TINY_ARGS = ["--steps", "2", "--batch-size", "4", "--d-model", "32", "--heads", "2", "--layers", "1", "--mlp", "64"]
+TINY_ARGS += ["--eval-prompts", "2", "--eval-gen-length", "4", "--threads", "1", "--model", "llada"]
+
+
+def _training_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+
+
+@contextlib.contextmanager
+def _read_only_folder(path: Path) -> Iterator[Path]:
+    """A read-only tmpfs where the test runs as root (CI does: root ignores mode bits),
+    else a folder without write permission."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file", "read-only"])
+def test_an_unusable_out_is_refused_before_training(
+    where: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One error line and exit 2 before any training step (the old command trained first, then
+    raised NotADirectoryError or OSError and lost the model)."""
+    caplog.set_level(logging.INFO)
+    with contextlib.ExitStack() as stack:
+        if where == "read-only":
+            out = stack.enter_context(_read_only_folder(tmp_path / "ro")) / "models"
+        else:
+            (tmp_path / "file").write_text("not a folder\n")
+            out = tmp_path / "file" if where == "a file" else tmp_path / "file" / "models"
+        assert main(["--out", str(out), *TINY_ARGS]) == EXIT_USAGE
+        assert not out.exists() or out.is_file()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(out) in errors[0] and "nothing was trained" in errors[0]
+    assert _training_records(caplog) == []
+    if where != "read-only":
+        assert (tmp_path / "file").read_text() == "not a folder\n"
+
+
+def test_an_earlier_model_is_not_replaced_without_force(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    earlier = tmp_path / "tasks-llada"
+    earlier.mkdir()
+    (earlier / "model.safetensors").write_bytes(b"earlier weights")
+    (earlier / "notes.txt").write_text("mine\n")
+    assert main(["--out", str(tmp_path), *TINY_ARGS]) == EXIT_USAGE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tasks-llada"]
+    assert (earlier / "model.safetensors").read_bytes() == b"earlier weights"
+    assert sorted(p.name for p in earlier.iterdir()) == ["model.safetensors", "notes.txt"]
+    assert any("--force" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert _training_records(caplog) == []
+
+
+def test_force_replaces_the_whole_folder(tmp_path: Path) -> None:
+    earlier = tmp_path / "tasks-llada"
+    earlier.mkdir()
+    (earlier / "model.safetensors").write_bytes(b"earlier weights")
+    (earlier / "stray.txt").write_text("left over\n")
+    assert main(["--out", str(tmp_path), *TINY_ARGS, "--force"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tasks-llada"]  # no temporary folder left
+    names = {p.name for p in earlier.iterdir()}
+    assert "stray.txt" not in names and {"config.json", "model.safetensors", TRAINING_RECORD} <= names
+    assert LLaDAModelLM.from_pretrained(str(earlier)).config.d_model == 32
+
+
+class _SigintAt(logging.Handler):
+    """Sends this process a real SIGINT when a log record containing `text` is emitted."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.sent = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage() and not self.sent:
+            self.sent += 1
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_during_training_exits_130_and_leaves_no_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # an xdist worker ignores SIGINT
+    trigger = _SigintAt("step 3/")
+    logging.getLogger("dllm_bench.training").addHandler(trigger)
+    args = ["--out", str(tmp_path / "models"), *TINY_ARGS, "--steps", "100000", "--log-every", "1"]
+    try:
+        try:
+            code: object = main(args)
+        except KeyboardInterrupt:
+            code = "KeyboardInterrupt escaped"
+    finally:
+        logging.getLogger("dllm_bench.training").removeHandler(trigger)
+        signal.signal(signal.SIGINT, previous)
+    assert trigger.sent == 1
+    assert code == EXIT_INTERRUPTED
+    assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("interrupted; no model was written")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return [Path(root) / name for root, _dirs, files in os.walk(folder) for name in files]
+
+
+def _interrupt_the_save(out: Path, log: Path) -> tuple[int, bool]:
+    """Start `dllm-bench-train`, freeze it (SIGSTOP) as soon as the first file of the model
+    appears under `out`, send SIGINT, let it go on (SIGCONT), and send SIGINT again every few
+    milliseconds until it ends. Returns the exit code and whether it was frozen inside the save
+    (alive, and the last file of the model, the training record, not yet in place)."""
+    command = [str(Path(sys.executable).parent / "dllm-bench-train"), "--out", str(out), *TINY_ARGS]
+    command += ["--d-model", "256", "--mlp", "1024", "--layers", "2"]  # a few MB of weights: a longer save
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and not _files_under(out) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            in_save = False
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGSTOP)
+                in_save = proc.poll() is None and not (out / "tasks-llada" / TRAINING_RECORD).exists()
+                os.kill(proc.pid, signal.SIGINT)
+                os.kill(proc.pid, signal.SIGCONT)
+            while proc.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGINT)
+                time.sleep(0.005)
+            return proc.wait(timeout=60), in_save
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_save_leaves_no_model_folder(tmp_path: Path) -> None:
+    """A real SIGINT to a real `dllm-bench-train` frozen while it writes the model's files, then
+    a burst of SIGINTs during its cleanup: exit 130, one line, no traceback, and nothing left
+    under --out that a `source:` could load (the old command left config.json and weights)."""
+    for attempt in range(3):  # frozen after the save if the process outran the poll: run again
+        out, log = tmp_path / f"out{attempt}", tmp_path / f"train{attempt}.txt"
+        code, in_save = _interrupt_the_save(out, log)
+        if in_save:
+            break
+    assert in_save, "the save was never caught in 3 runs"
+    text = log.read_text()
+    assert code == EXIT_INTERRUPTED, text[-3000:]
+    assert "Traceback" not in text
+    assert text.count("interrupted;") == 1
+    assert list(out.iterdir()) == []

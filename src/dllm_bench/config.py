@@ -37,7 +37,7 @@ from dllm_bench.spec import (
     ModelSpec,
     one_line,
 )
-from dllm_bench.tasks import DEFAULT_ITEMS, EXTRACTORS, TASK_NAMES, TASK_OPTIONS
+from dllm_bench.tasks import DEFAULT_ITEMS, EXTRACTORS, TASK_NAMES, TASK_OPTIONS, check_extractor
 from dllm_bench.trained import TRAINED_MODELS
 
 GRID_KEYS = ("prompt_length", "gen_length", "batch_size", "task")
@@ -183,12 +183,22 @@ def _parse_task_options(
             check.fail("tasks.jsonl.path", 'a JSONL file of {"prompt": ..., "answer": ...} lines', path)
         else:
             jsonl["path"] = str((base_dir / Path(path).expanduser()).resolve())
-        extractor = jsonl.get("extractor", "last_number")
-        if not isinstance(extractor, str) or not (extractor in EXTRACTORS or extractor.startswith("regex:")):
-            check.fail("tasks.jsonl.extractor", f"one of {', '.join(EXTRACTORS)} or regex:PATTERN", extractor)
+        _check_extractor(check, jsonl.get("extractor", "last_number"))
         if not isinstance(jsonl.get("chat_template", True), bool):
             check.fail("tasks.jsonl.chat_template", "true or false", jsonl.get("chat_template"))
     return parsed
+
+
+def _check_extractor(check: Checker, extractor: object) -> None:
+    """A known extractor name, or ``regex:PATTERN`` whose pattern compiles (now, not per case)."""
+    expected = f"one of {', '.join(EXTRACTORS)} or regex:PATTERN"
+    if not isinstance(extractor, str):
+        check.fail("tasks.jsonl.extractor", expected, extractor)
+        return
+    try:
+        check_extractor(extractor)
+    except ValueError as exc:
+        check.fail("tasks.jsonl.extractor", f"{expected} ({exc})", show_got=False)
 
 
 def _check_task_lengths(

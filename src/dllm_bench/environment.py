@@ -49,6 +49,27 @@ def capture_environment(repo_dir: Path) -> dict[str, object]:
     return {column: None if values[column] == "" else values[column] for column in ENVIRONMENT_COLUMNS}
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; all cores where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_warning(threads: int, cores: int) -> str | None:
+    """Why ``threads`` torch threads on ``cores`` usable cores make timings unreliable, or None.
+
+    More threads than cores is oversubscription: OpenMP threads that wait for each other on
+    a busy core make a run many times slower (``--threads 10000`` on 2 cores: 600x).
+    """
+    if threads <= cores:
+        return None
+    return (
+        f"{threads} torch threads but this process may use only {cores} CPU core(s): "
+        f"the run will be much slower and its timings unreliable; use at most {cores} threads"
+    )
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
     try:

@@ -150,8 +150,8 @@ class Row:
     load_avg_1m: float | None = _column("the machine's 1-minute load average when the case started", ".2f")
     cpu_count: int | None = _column("CPU cores the process may run on")
     noise_warning: str | None = _column(
-        "why the timings may be unreliable: load (load_avg_1m above cpu_count), cv (latency_cv above 0.25), "
-        "or both; empty when neither"
+        "why the timings may be unreliable: load (load_avg_1m above cpu_count), threads (torch_threads above "
+        "cpu_count), cv (latency_cv above 0.25), joined by commas; empty when none"
     )
     cpu_model: str | None = _column("CPU model name")
     gpu_name: str | None = _column("GPU model name; empty without CUDA")

@@ -20,6 +20,7 @@ import torch
 
 from dllm_bench.backends import backend
 from dllm_bench.cases import Case
+from dllm_bench.environment import threads_warning, usable_cores
 from dllm_bench.feed import PromptFeed
 from dllm_bench.models.loader import LoadedModel
 from dllm_bench.progress import CaseProgress
@@ -115,14 +116,16 @@ def host_load() -> HostLoad:
         load: float | None = os.getloadavg()[0]
     except OSError:
         load = None
-    return HostLoad(load_avg_1m=load, cpu_count=len(os.sched_getaffinity(0)), threads=torch.get_num_threads())
+    return HostLoad(load_avg_1m=load, cpu_count=usable_cores(), threads=torch.get_num_threads())
 
 
 def noise_warning(load: HostLoad, latency_cv: float | None) -> str:
-    """`load`, `cv`, `load,cv` or "" (see the README's 'Stable numbers')."""
+    """`load`, `threads`, `cv`, joined by commas, or "" (see the README's 'Stable numbers')."""
     reasons = []
     if load.load_avg_1m is not None and load.load_avg_1m > load.cpu_count:
         reasons.append("load")
+    if threads_warning(load.threads, load.cpu_count):
+        reasons.append("threads")
     if latency_cv is not None and latency_cv > CV_LIMIT:
         reasons.append("cv")
     return ",".join(reasons)

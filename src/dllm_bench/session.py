@@ -29,7 +29,7 @@ import torch
 from dllm_bench.backends import backend
 from dllm_bench.cases import Case, case_id_of, expand_cases
 from dllm_bench.config import BenchConfig, check_runnable, load_config
-from dllm_bench.environment import capture_environment
+from dllm_bench.environment import capture_environment, threads_warning, usable_cores
 from dllm_bench.logs import (
     LOG_DATE_FORMAT,
     LOG_FORMAT,
@@ -213,6 +213,8 @@ class RunSession:
             return
         torch.set_num_threads(threads or DEFAULT_THREADS)
         LOG.debug("torch uses %d CPU threads", torch.get_num_threads())
+        if warning := threads_warning(torch.get_num_threads(), usable_cores()):
+            LOG.warning("%s", warning)
 
     def _configure_logging(self) -> None:
         config = self.pytest_config

@@ -40,6 +40,7 @@ __all__ = [
     "CACHE_MANIFEST",
     "LLADA_REMOTE_CODE_FILES",
     "CacheFolderError",
+    "StagedFolder",
     "folder_key",
     "llada_source_dir",
     "remove_stale_temporaries",
@@ -180,41 +181,86 @@ def _write_atomically(
     dtype: torch.dtype,
     extra_files: Sequence[Path],
 ) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        # mkdtemp makes it private; the folder is a shared cache entry, readable as the umask
-        # allows but never writable by group or others (verify_folder refuses that).
-        os.chmod(tmp, 0o755 & ~current_umask())
+    # The folder is a shared cache entry: readable as the umask allows but never writable by
+    # group or others (verify_folder refuses that).
+    with StagedFolder(folder, mode=0o755 & ~current_umask()) as staged:
         model = _random_model(build, seed=seed, dtype=dtype)
         n_params = sum(p.numel() for p in model.parameters())
         logger.info(
             "writing %s (%d parameters, %s, seed %d) to %s", type(model).__name__, n_params, dtype, seed, folder
         )
-        model.save_pretrained(tmp)
+        model.save_pretrained(staged.path)
         del model
         for source in extra_files:
-            shutil.copyfile(source, tmp / source.name)
-        for written in tmp.iterdir():  # save_pretrained may write some files private (0600)
+            shutil.copyfile(source, staged.path / source.name)
+        for written in staged.path.iterdir():  # save_pretrained may write some files private (0600)
             os.chmod(written, cache_file_mode())
-        write_cache_manifest(tmp)
+        write_cache_manifest(staged.path)
         try:
-            # Replaces ``folder`` only if it is missing or an empty directory.
-            os.rename(tmp, folder)
+            staged.commit()
         except OSError as err:
             if _is_complete(folder):
                 logger.info("%s was written concurrently by another writer, keeping that one", folder)
-                shutil.rmtree(tmp, ignore_errors=True)
                 return folder
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
                 raise FileExistsError(
                     f"{folder} exists but is not a model folder (no config.json); refusing to replace it"
                 ) from err
             raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
+
+
+class StagedFolder:
+    """A folder written in a temporary folder beside its target and renamed into place.
+
+    The temporary folder (``.<name>.tmp-*`` beside ``target``) is made at once, so an
+    unwritable location fails before any work. ``commit`` renames it onto ``target``;
+    leaving a ``with`` block without a commit (an error, Ctrl+C) removes it. A writer that
+    is killed leaves only the temporary folder, never a half-written folder under the
+    target's name.
+    """
+
+    def __init__(self, target: Path, *, mode: int | None = None) -> None:
+        self.target = target
+        self.committed = False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            # mkdtemp makes it private; by default it gets the mode a plain mkdir would give.
+            os.chmod(self.path, 0o777 & ~current_umask() if mode is None else mode)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self, *, replace: bool = False) -> None:
+        """Rename the folder onto the target. A missing or empty target is replaced; with
+        ``replace`` a target folder with files is moved aside first and removed after (it is
+        put back if the rename fails); otherwise that raises OSError."""
+        old: Path | None = None
+        if replace and self.target.is_dir() and not self.target.is_symlink() and any(self.target.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+            os.rename(self.target, old)  # onto the empty folder mkdtemp made
+            try:
+                os.rename(self.path, self.target)
+            except BaseException:
+                os.rename(old, self.target)
+                raise
+        else:
+            os.rename(self.path, self.target)
+        self.committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the temporary folder unless it was committed."""
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> StagedFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 def _refresh_files(folder: Path, sources: Sequence[Path]) -> None:

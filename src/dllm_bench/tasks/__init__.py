@@ -9,7 +9,7 @@ results into the row's figures.
 from __future__ import annotations
 
 from dllm_bench.tasks.base import PromptBatch, Task, left_pad
-from dllm_bench.tasks.jsonl import EXTRACTORS, JsonlTask, extract_answer
+from dllm_bench.tasks.jsonl import EXTRACTORS, JsonlTask, check_extractor, extract_answer
 from dllm_bench.tasks.random_tokens import RandomTask
 from dllm_bench.tasks.registry import DEFAULT_ITEMS, TASK_NAMES, TASK_OPTIONS, make_task
 from dllm_bench.tasks.stats import AUP_ALPHA, AUP_CUTOFF_POINTS, AccuracyStats, accuracy_stats, aup
@@ -34,6 +34,7 @@ __all__ = [
     "TaskVocab",
     "accuracy_stats",
     "aup",
+    "check_extractor",
     "extract_answer",
     "left_pad",
     "make_task",

@@ -13,7 +13,9 @@ special tokens, and an extractor picks the answer out of the text:
   reference (``72.0`` equals ``72``);
 * ``exact``: the whole decoded text, whitespace-trimmed, equals the trimmed reference;
 * ``regex:PATTERN``: the last match of PATTERN (its first group if it has groups),
-  trimmed, equals the trimmed reference.
+  trimmed, equals the trimmed reference. The pattern is compiled when the config is
+  read; it is matched against the last ``REGEX_TEXT_LIMIT`` characters of the text only,
+  so a model that writes a very long text cannot make the match run without bound.
 """
 
 from __future__ import annotations
@@ -33,15 +35,19 @@ from dllm_bench.tasks.base import PromptBatch, example_indices, generated_part, 
 
 __all__ = [
     "EXTRACTORS",
+    "REGEX_TEXT_LIMIT",
     "JsonlRecord",
     "JsonlTask",
     "answer_matches",
+    "check_extractor",
     "extract_answer",
     "read_records",
 ]
 
 #: Names of the built-in extractors; ``regex:PATTERN`` is accepted besides.
 EXTRACTORS: tuple[str, ...] = ("last_number", "exact")
+#: A ``regex:`` extractor sees at most this many characters: the end of the decoded text.
+REGEX_TEXT_LIMIT = 4096
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
 
@@ -66,8 +72,15 @@ def read_records(path: Path) -> tuple[JsonlRecord, ...]:
     if not path.is_file():
         raise FileNotFoundError(f"jsonl task file {path} does not exist")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -94,7 +107,7 @@ def extract_answer(text: str, extractor: str) -> str | None:
     if extractor == "exact":
         return text.strip()
     if extractor.startswith("regex:"):
-        matches = list(re.finditer(extractor.removeprefix("regex:"), text))
+        matches = list(re.finditer(extractor.removeprefix("regex:"), text[-REGEX_TEXT_LIMIT:]))
         if not matches:
             return None
         last = matches[-1]

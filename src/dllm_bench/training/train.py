@@ -13,6 +13,7 @@ and thread count the run is repeatable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -29,12 +30,15 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from dllm_bench.environment import threads_warning, usable_cores
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+from dllm_bench.models.random_init import StagedFolder
 from dllm_bench.tasks.synthetic import LIST_TASKS, ListTask
 from dllm_bench.tasks.vocab import TASK_VOCAB, TaskVocab, write_tokenizer
 from dllm_bench.training.data import DataSpec, TrainBatch, draw_train_batch
 from dllm_bench.training.evaluate import Decode, evaluate
+from dllm_bench.training.output import OutputError, interrupt_once, stage_target
 
 __all__ = [
     "ARCHITECTURES",
@@ -58,6 +62,9 @@ ARCHITECTURES: tuple[str, ...] = ("llada", "llama")
 MIN_MASK_RATIO = 1e-3
 #: Name of the training record written beside the weights.
 TRAINING_RECORD = "training.json"
+#: Exit codes: bad options or an unusable --out (nothing trained), and Ctrl+C (as a shell reports SIGINT).
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the small LLaDA and Llama models of the built-in tasks (copy, permute).",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per model")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a model folder already in --out (default: refuse it)"
+    )
     parser.add_argument("--model", choices=[*ARCHITECTURES, "both"], default="both")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps", type=int, default=defaults.steps)
@@ -305,8 +315,8 @@ def folder_name(kind: str) -> str:
     return f"tasks-{kind}"
 
 
-def run(kind: str, args: argparse.Namespace) -> Path:
-    """Train, measure and save one model; returns its folder."""
+def run(kind: str, args: argparse.Namespace, staged: StagedFolder) -> Path:
+    """Train, measure and save one model into ``staged``, then rename it into place; returns its folder."""
     spec = _spec(kind, args)
     LOG.info("training %s: %s", kind, spec)
     load_before = os.getloadavg()
@@ -332,23 +342,46 @@ def run(kind: str, args: argparse.Namespace) -> Path:
         "eval": {"items": args.eval_items, "gen_length": args.eval_gen_length, "seed": args.eval_seed},
         "parameters": sum(p.numel() for p in result.model.parameters()),
     }
-    folder: Path = args.out / folder_name(kind)
-    save_model(result.model, folder, record)
-    LOG.info("wrote %s in %.0f s of training", folder, result.seconds)
-    return folder
+    save_model(result.model, staged.path, record)
+    staged.commit(replace=args.force)
+    LOG.info("wrote %s in %.0f s of training", staged.target, result.seconds)
+    return staged.target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when every model was written, 2 for bad options or an unusable ``--out`` (checked
+    before training), 1 when a model could not be saved, 130 on Ctrl+C."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    if warning := threads_warning(args.threads, usable_cores()):
+        LOG.warning("%s", warning)
     architectures = ARCHITECTURES if args.model == "both" else (args.model,)
-    for architecture in architectures:
-        folder = run(architecture, args)
-        sys.stdout.write(f"{folder}\n")
+    written: list[Path] = []
+    try:
+        with interrupt_once(), contextlib.ExitStack() as stack:  # a folder not renamed into place is removed
+            targets = [args.out / folder_name(architecture) for architecture in architectures]
+            staged = [stack.enter_context(stage_target(args.out, target, force=args.force)) for target in targets]
+            for architecture, folder in zip(architectures, staged, strict=True):
+                written.append(run(architecture, args, folder))
+                sys.stdout.write(f"{written[-1]}\n")
+    except OutputError as exc:
+        LOG.error("%s; nothing was trained", exc)
+        return EXIT_USAGE
+    except OSError as exc:
+        LOG.error("cannot save the model in %s: %s; it was not written", args.out, exc.strerror or exc)
+        return 1
+    except KeyboardInterrupt:
+        LOG.error("interrupted; %s", _what_was_written(written, args.out))
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _what_was_written(written: Sequence[Path], out: Path) -> str:
+    done = f"written: {', '.join(map(str, written))}" if written else f"no model was written in {out}"
+    return f"{done} (no half-written model folder is left)"
 
 
 if __name__ == "__main__":
