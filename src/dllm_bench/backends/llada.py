@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModel
 
-from dllm_bench.backends.base import Backend, Settings, check_arch_types, check_positive
+from dllm_bench.backends.base import Backend, check_arch_types, check_positive
+from dllm_bench.kinds import Settings
+from dllm_bench.kinds.llada import SPEC
 from dllm_bench.models.llada_checkpoint import load_llada_checkpoint, register_llada_auto_classes
+from dllm_bench.models.llada_hf import modeling_llada
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
-from dllm_bench.models.llada_hf.modeling_llada import _check_supported
-from dllm_bench.models.random_init import LLADA_REMOTE_CODE_FILES, llada_source_dir, write_llada_folder
+from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM, _check_supported
+from dllm_bench.models.random_init import write_model_folder
 from dllm_bench.sampling.llada import generate
 from dllm_bench.sampling.schedule import (
     CACHE_MODES,
@@ -37,13 +40,46 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("dllm_bench.backends.llada")
 
-SECTION_KEYS = ("steps", "block_length", "remasking", "temperature", "cfg_scale", "cache", "threshold", "factor")
+SECTION_KEYS = SPEC.section_keys
 SIZE_KEYS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size")
 TOKEN_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+#: The remote-code files copied into every LLaDA folder.
+LLADA_REMOTE_CODE_FILES: tuple[str, ...] = ("configuration_llada.py", "modeling_llada.py")
 # The config key a problem the sampler's validation names is reported under: gen_length is
 # a grid key shared by all kinds, so "gen_length must be a multiple of block_length" is
 # reported as the LLaDA axis block_length.
 PROBLEM_KEYS = {"gen_length": "llada.block_length"}
+
+
+def llada_source_dir() -> Path:
+    """The package folder holding the LLaDA remote-code files."""
+    return Path(modeling_llada.__file__).resolve().parent
+
+
+def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> Path:
+    """Write a random-init LLaDA folder (``config.json`` with ``auto_map``, the weights and the
+    remote-code files ``configuration_llada.py`` and ``modeling_llada.py``) that
+    ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` loads as it would load
+    ``GSAI-ML/LLaDA-8B-Instruct``; the suite's own loader reads it too.
+
+    ``arch`` holds :class:`LLaDAConfig` arguments (missing keys take the 8B defaults); an
+    unknown key raises ``ValueError``. An existing folder is returned as it is, with its
+    remote-code files refreshed if they differ from the package's.
+    """
+
+    def build() -> LLaDAModelLM:
+        return LLaDAModelLM(LLaDAConfig(**dict(arch)))
+
+    return write_model_folder(
+        folder,
+        build,
+        name="LLaDA",
+        arch=arch,
+        known_keys=frozenset(LLADA_CONFIG_KEYS),
+        seed=seed,
+        dtype=dtype,
+        code_files=[llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES],
+    )
 
 
 def _llada_types() -> dict[str, tuple[type, ...]]:
@@ -58,10 +94,7 @@ def _llada_types() -> dict[str, tuple[type, ...]]:
 
 
 class LladaBackend(Backend):
-    kind = "llada"
-    case_fixture = "llada_case"
-    section = "llada"
-    section_keys = SECTION_KEYS
+    spec = SPEC
     loader_name = "dllm_bench's own LLaDAModelLM"
     arch_class = "LLaDAConfig"
 

@@ -1,8 +1,10 @@
 """The report's data preparation: pure functions from typed rows to what the page shows.
 
 No plotting and no HTML here, so every figure's numbers can be unit-tested: strategy labels,
-the speed/quality trade-off with its Pareto front, the speedup of each LLaDA case over the
-AR case of the same task and shape, and the per-case changes against a reference run.
+the speed/quality trade-off with its Pareto front, the speedup of each diffusion case over
+the autoregressive (AR) case of the same task and shape, and the per-case changes against a
+reference run. Rows are told apart by their kind's family (`dllm_bench.kinds`), never by
+the kind's name.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dllm_bench.kinds import is_autoregressive, is_diffusion, spec_of
 from dllm_bench.rows import Row, number
-from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.sinks.csvfiles import latest_per_case
 from dllm_bench.sinks.gate import GateRule, change_in, check_gate
 
-LLADA = "llada"
-BASELINE = "baseline"
+AR_LABEL = "AR"
 DEFAULT_TASK = "random"
 
 # Quality measures in order of preference: accuracy where a task scores answers, else the
@@ -44,36 +45,36 @@ def shape_of(row: Row) -> Shape:
 
 
 def strategy_label(row: Row) -> str:
-    """A LLaDA row's decoding settings as its case id writes them (the LLaDA backend's
-    `id_parts`, e.g. `s64-k32-cdual`, `k32-cdual-th0.9`). Other kinds are labelled `AR`."""
-    if row.kind != LLADA:
-        return "AR"
-    return "-".join(LladaSettings.from_columns(row.to_record()).id_parts()) or "default"
+    """A diffusion row's decoding settings as its case id writes them (its kind's settings'
+    `id_parts`, e.g. `s64-k32-cdual`, `k32-cdual-th0.9`). An autoregressive row is labelled
+    with its kind's label (`AR`), a row of a kind this version does not know `AR` too."""
+    spec = spec_of(row.kind)
+    if spec is None:
+        return AR_LABEL
+    return spec.strategy(row.to_record()) if spec.is_diffusion else spec.label
 
 
 @dataclass(frozen=True)
 class Labeller:
     """Series labels: the strategy, prefixed with the model's name when a run has several
-    models of that kind (`AR` becomes the AR model's name then)."""
+    diffusion models (`AR` is followed by the AR model's name when it has several AR models)."""
 
-    several_llada: bool
-    several_baselines: bool
+    several_diffusion: bool
+    several_references: bool
 
     @classmethod
     def for_rows(cls, rows: Iterable[Row]) -> Labeller:
-        models: dict[str, set[str]] = {LLADA: set(), BASELINE: set()}
-        for row in rows:
-            if row.kind in models and row.model:
-                models[row.kind].add(row.model)
-        return cls(several_llada=len(models[LLADA]) > 1, several_baselines=len(models[BASELINE]) > 1)
+        diffusion = {row.model for row in rows if row.model and is_diffusion(row.kind)}
+        references = {row.model for row in rows if row.model and is_autoregressive(row.kind)}
+        return cls(several_diffusion=len(diffusion) > 1, several_references=len(references) > 1)
 
     def label(self, row: Row) -> str:
-        if row.kind == LLADA:
-            strategy = strategy_label(row)
-            return f"{row.model} {strategy}" if self.several_llada else strategy
-        if self.several_baselines:
-            return f"AR {row.model}"
-        return "AR"
+        strategy = strategy_label(row)
+        if is_diffusion(row.kind):
+            return f"{row.model} {strategy}" if self.several_diffusion else strategy
+        if self.several_references:
+            return f"{strategy} {row.model}"
+        return strategy
 
 
 def positive(row: Row, name: str) -> float | None:
@@ -124,8 +125,8 @@ class TradeOff:
     task: str
     shape: Shape
     metric: str | None
-    llada: list[Point]
-    baselines: list[Point]
+    diffusion: list[Point]
+    references: list[Point]
 
     @property
     def title(self) -> str:
@@ -174,10 +175,10 @@ def _sort_key(key: tuple[str, Shape]) -> tuple[str, tuple[int, ...]]:
 
 
 def trade_offs(rows: Sequence[Row]) -> list[TradeOff]:
-    """One TradeOff per task and shape that has an ok LLaDA row with a speed, in task, then shape order.
+    """One TradeOff per task and shape that has an ok diffusion row with a speed, in task, then shape order.
 
     The quality metric is chosen per task (accuracy if any of its rows has one, else
-    agreement_exact, else None); the Pareto front is over the LLaDA points with a quality value.
+    agreement_exact, else None); the Pareto front is over the diffusion points with a quality value.
     """
     labeller = Labeller.for_rows(rows)
     groups: dict[tuple[str, Shape], list[Row]] = {}
@@ -191,11 +192,15 @@ def trade_offs(rows: Sequence[Row]) -> list[TradeOff]:
     for key in sorted(groups, key=_sort_key):
         task, shape = key
         metric = metric_of_task[task]
-        llada = [p for r in groups[key] if r.kind == LLADA and (p := _point(r, labeller.label(r), metric))]
-        if not llada:
+        diffusion = [p for r in groups[key] if is_diffusion(r.kind) and (p := _point(r, labeller.label(r), metric))]
+        if not diffusion:
             continue
-        baselines = [p for r in groups[key] if r.kind == BASELINE and (p := _point(r, labeller.label(r), metric))]
-        result.append(TradeOff(task=task, shape=shape, metric=metric, llada=_mark_front(llada), baselines=baselines))
+        references = [
+            p for r in groups[key] if is_autoregressive(r.kind) and (p := _point(r, labeller.label(r), metric))
+        ]
+        result.append(
+            TradeOff(task=task, shape=shape, metric=metric, diffusion=_mark_front(diffusion), references=references)
+        )
     return result
 
 
@@ -222,26 +227,26 @@ class Speedup:
 
 
 def speedups(rows: Sequence[Row]) -> list[Speedup]:
-    """Every ok LLaDA row paired with every ok AR (`baseline` kind) row of the same task,
+    """Every ok diffusion row paired with every ok autoregressive row of the same task,
     prompt_length, gen_length and batch_size; rows without a positive tokens_per_s are left out.
     With several AR models the setting names the AR model it is compared with."""
     labeller = Labeller.for_rows(rows)
     baselines: dict[tuple[str, Shape], list[tuple[Row, float]]] = {}
     for row in ok_rows(rows):
         speed = positive(row, "tokens_per_s")
-        if row.kind == BASELINE and speed is not None:
+        if is_autoregressive(row.kind) and speed is not None:
             baselines.setdefault(_group_key(row), []).append((row, speed))
     result: list[Speedup] = []
     for row in ok_rows(rows):
         speed = positive(row, "tokens_per_s")
-        if row.kind != LLADA or speed is None:
+        if not is_diffusion(row.kind) or speed is None:
             continue
         for baseline, baseline_speed in baselines.get(_group_key(row), []):
             label = labeller.label(row)
             result.append(
                 Speedup(
                     label=label,
-                    setting=f"{label} vs {baseline.model}" if labeller.several_baselines else label,
+                    setting=f"{label} vs {baseline.model}" if labeller.several_references else label,
                     llada_case=row.case_id,
                     baseline_case=baseline.case_id,
                     baseline_model=baseline.model or "",
@@ -254,10 +259,10 @@ def speedups(rows: Sequence[Row]) -> list[Speedup]:
 
 
 def shapes_without_baseline(rows: Sequence[Row]) -> list[tuple[str, Shape]]:
-    """Task and shape of the ok LLaDA rows that have no AR case to compare with (none ok, or
+    """Task and shape of the ok diffusion rows that have no AR case to compare with (none ok, or
     none with a tokens_per_s), sorted."""
     paired = {(item.task, item.shape) for item in speedups(rows)}
-    missing = {_group_key(r) for r in ok_rows(rows) if r.kind == LLADA} - paired
+    missing = {_group_key(r) for r in ok_rows(rows) if is_diffusion(r.kind)} - paired
     return sorted(missing, key=_sort_key)
 
 
@@ -318,13 +323,13 @@ class Spread:
 
 
 def tokens_per_forward_by_strategy(rows: Sequence[Row]) -> list[Spread]:
-    """tokens_per_forward of the ok rows, grouped by series label (LLaDA strategies first, then AR)."""
+    """tokens_per_forward of the ok rows, grouped by series label (diffusion strategies first, then AR)."""
     labeller = Labeller.for_rows(rows)
     groups: dict[tuple[bool, str], list[float]] = {}
     for row in ok_rows(rows):
         value = tokens_per_forward(row)
         if value is not None:
-            groups.setdefault((row.kind != LLADA, labeller.label(row)), []).append(value)
+            groups.setdefault((not is_diffusion(row.kind), labeller.label(row)), []).append(value)
     return [Spread(label, tuple(groups[(ar, label)])) for ar, label in sorted(groups)]
 
 
@@ -441,7 +446,7 @@ def compare(rows: Sequence[Row], reference_rows: Sequence[Row], rules: Sequence[
 
 
 def speedup_by_case(rows: Sequence[Row]) -> Mapping[str, float]:
-    """Each LLaDA case's speedup over AR; with several AR models, the one of the first."""
+    """Each diffusion case's speedup over AR; with several AR models, the one of the first."""
     result: dict[str, float] = {}
     for item in speedups(rows):
         result.setdefault(item.llada_case, item.ratio)
