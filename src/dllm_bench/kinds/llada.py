@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dllm_bench.kinds.base import DIFFUSION, KindSpec
+from dllm_bench.sampling.rules import CONFIDENCE_RULES
 from dllm_bench.sampling.schedule import LladaSettings
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -12,12 +13,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("temperature", "LLaDA Gumbel temperature (llada.temperature); empty for other kinds"),
     ("cfg_scale", "LLaDA classifier-free guidance scale (llada.cfg_scale); empty for other kinds"),
     ("cache", "LLaDA KV cache: none, prefix or dual (llada.cache); empty for other kinds"),
-    (
-        "threshold",
-        "LLaDA parallel decoding: commit every masked position of the block with confidence >= threshold "
-        "(llada.threshold); empty for fixed steps and for other kinds",
-    ),
-    ("factor", "LLaDA parallel decoding by the factor rule (llada.factor); empty for fixed steps and for other kinds"),
+    *((rule.key, rule.doc) for rule in CONFIDENCE_RULES),
 )
 
 SPEC = KindSpec(

@@ -17,7 +17,7 @@ MISSING = "-"
 COLUMN_GAP = "  "
 INDENT = "  "
 
-# The diffusion kinds' labels (`LLaDA`, ...), as the headers name them.
+# The diffusion kinds' labels, as the headers name them.
 DIFFUSION_LABELS = " / ".join(spec.label for spec in KIND_SPECS if spec.is_diffusion)
 RELATIVE_SPEED_HEADER = (
     f"{DIFFUSION_LABELS} speed relative to the AR model at the same task, prompt length, gen length and batch size "
