@@ -1,6 +1,8 @@
-"""The benchmark cases. Each grid point of the config is one parametrized case; the
-plugin (`dllm_bench.plugin`) parametrizes `llada_case` and `baseline_case` and provides
-`bench`, which loads the model once per process, measures and records the row."""
+"""The benchmark cases: one test per model kind, `test_<kind>(<kind>_case, bench)` (the kind
+specs in `dllm_bench.kinds` name them; tests/test_cases.py checks that each has its test).
+Each grid point of the config is one parametrized case; the plugin (`dllm_bench.plugin`)
+parametrizes the case fixtures and provides `bench`, which loads the model once per
+process, measures and records the row."""
 
 from dllm_bench.cases import Case
 from dllm_bench.fixture import CaseRunner

@@ -53,18 +53,10 @@ SLOW_LLADA_ARCH = {
     "mlp_hidden_size": 256,
 }
 
-BENCH_TEST_FILE = """
-from dllm_bench.cases import Case
-from dllm_bench.fixture import CaseRunner
-
-
-def test_llada(llada_case: Case, bench: CaseRunner) -> None:
-    bench.run(llada_case)
-
-
-def test_baseline(baseline_case: Case, bench: CaseRunner) -> None:
-    bench.run(baseline_case)
-"""
+# The benchmark test file itself (one test per model kind), copied into pytester folders.
+BENCH_TEST_FILE = (Path(__file__).resolve().parent.parent / "benchmarks" / "test_generation.py").read_text(
+    encoding="utf-8"
+)
 
 _SLEEP_PLUGIN = """
 import time

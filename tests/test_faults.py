@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dllm_bench.backends.llada import write_llada_folder
 from dllm_bench.logs import close_quietly
-from dllm_bench.models.random_init import CACHE_MANIFEST, folder_key, write_llada_folder
+from dllm_bench.models.random_init import CACHE_MANIFEST, folder_key
 from dllm_bench.rows import Row
 from dllm_bench.sinks.csvfiles import append_row, read_results
 from tests.helpers import (

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dllm_bench.models.random_init import write_llada_folder
+from dllm_bench.backends.llada import write_llada_folder
 from dllm_bench.rows import COLUMN_NAMES, Row
 from tests.helpers import (
     BENCH_TEST_FILE,

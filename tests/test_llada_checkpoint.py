@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
+from dllm_bench.backends.llada import write_llada_folder
 from dllm_bench.models.llada_checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -24,7 +25,6 @@ from dllm_bench.models.llada_checkpoint import (
 )
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_FIXED_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
-from dllm_bench.models.random_init import write_llada_folder
 from tests.published_llada import PUBLISHED_8B_CONFIG, TINY_SHAPE, published_layout
 
 # A checkpoint's own code: importing it would fail the test.

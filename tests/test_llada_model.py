@@ -15,10 +15,12 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from dllm_bench.backends.baseline import write_llama_folder
+from dllm_bench.backends.llada import write_llada_folder
 from dllm_bench.models import random_init
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_FIXED_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAKVCache, LLaDAModelLM, UnsupportedConfigError
-from dllm_bench.models.random_init import folder_key, write_llada_folder, write_llama_folder
+from dllm_bench.models.random_init import folder_key
 
 TINY: dict[str, Any] = {
     "d_model": 64,

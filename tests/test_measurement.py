@@ -145,7 +145,7 @@ def test_summary_table_and_relative_speed(bench_project: pytest.Pytester) -> Non
         [
             "case_id*status*latency_mean_s*tokens_per_s*nfe*peak_rss_increase_mb*",
             "tiny-llada-p8-g8-b2-s4-k8*ok*4*",
-            "LLaDA speed relative to the AR baseline*",
+            "LLaDA speed relative to the AR model*",
             "  tiny-llada-p8-g8-b2-s4-k8 vs tiny-llama-p8-g8-b2: *x",
             "dllm-bench: 3 ok, 0 failed, 0 skipped, 0 not run, 0 already done*",
         ]

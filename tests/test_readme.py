@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dllm_bench.backends import BACKENDS
 from dllm_bench.config import GRID_KEYS, MODEL_KEYS, TOP_LEVEL_KEYS
+from dllm_bench.kinds import KIND_SPECS
 from dllm_bench.rows import COLUMN_DOCS
 from dllm_bench.sinks.manifest import Counts, GateRecord, Manifest
 
@@ -31,10 +31,8 @@ def test_every_column_is_documented_with_its_meaning(name: str, meaning: str) ->
 
 
 def _config_keys() -> list[str]:
-    sections = [
-        f"{backend.section}.{key}" for backend in BACKENDS.values() if backend.section for key in backend.section_keys
-    ]
-    plain = [k for k in TOP_LEVEL_KEYS if k not in ("grid", *(b.section for b in BACKENDS.values() if b.section))]
+    sections = [f"{spec.section}.{key}" for spec in KIND_SPECS if spec.section for key in spec.section_keys]
+    plain = [k for k in TOP_LEVEL_KEYS if k not in ("grid", *(s.section for s in KIND_SPECS if s.section))]
     return [*(f"grid.{k}" for k in GRID_KEYS), *sections, *plain, *MODEL_KEYS]
 
 

@@ -363,21 +363,21 @@ def test_trade_offs_use_accuracy_per_task_and_shape_and_mark_the_front() -> None
     ]
     copy_b1 = panels[0]
     assert copy_b1.metric == "accuracy"
-    front = {p.label for p in copy_b1.llada if p.on_front}
+    front = {p.label for p in copy_b1.diffusion if p.on_front}
     # s16-k32 (150 tok/s, 0.68) is beaten by k32-cdual-th0.9 (300, 0.93); k32-f1 (200, 0.48) too.
     assert front == {"s64-k32", "s64-k32-cdual", "k32-cdual-th0.9"}
-    assert [(b.label, b.speed) for b in copy_b1.baselines] == [("AR", 100.0)]
-    assert copy_b1.baselines[0].quality == pytest.approx(0.99)
-    assert all(p.quality_se is not None for p in copy_b1.llada)
+    assert [(b.label, b.speed) for b in copy_b1.references] == [("AR", 100.0)]
+    assert copy_b1.references[0].quality == pytest.approx(0.99)
+    assert all(p.quality_se is not None for p in copy_b1.diffusion)
 
 
 def test_trade_offs_leave_failed_cases_out_and_fall_back_to_agreement_then_to_no_measure() -> None:
     rows = quality_grid()
-    assert all(p.case_id != rows[-2].case_id for panel in data.trade_offs(rows) for p in panel.llada)
+    assert all(p.case_id != rows[-2].case_id for panel in data.trade_offs(rows) for p in panel.diffusion)
     agreement = [dataclasses.replace(row, accuracy=None, accuracy_se=None) for row in rows]
     panels = data.trade_offs(agreement)
     assert {p.metric for p in panels} == {"agreement_exact"}
-    assert all(b.quality is None for p in panels for b in p.baselines)  # AR has no agreement value
+    assert all(b.quality is None for p in panels for b in p.references)  # AR has no agreement value
     assert {p.metric for p in data.trade_offs(default_grid_like())} == {None}
 
 

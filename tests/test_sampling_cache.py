@@ -22,7 +22,8 @@ from torch import nn
 
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
-from dllm_bench.sampling.llada import _first_argmax, generate
+from dllm_bench.sampling.llada import _first_argmax
+from dllm_bench.sampling.llada import generate_keywords as generate
 from dllm_bench.sampling.reference import generate_reference
 from dllm_bench.sampling.schedule import (
     CACHE_MODES,

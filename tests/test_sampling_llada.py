@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from dllm_bench.sampling.llada import _select_transfer, generate
+from dllm_bench.sampling.llada import _select_transfer
+from dllm_bench.sampling.llada import generate_keywords as generate
 from dllm_bench.sampling.reference import generate_reference
 from dllm_bench.sampling.schedule import num_forward_passes, transfer_schedule, validate_schedule
 

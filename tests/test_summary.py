@@ -165,7 +165,7 @@ def test_missing_baseline_is_named_once_per_shape() -> None:
         baseline_row(tokens_per_s=100.0),
     ]
     assert relative_speed_lines(rows)[1:] == [
-        "  no baseline at p64 g16 b2",
+        "  no AR model at p64 g16 b2",
         f"  {LLADA_ID} vs {LLAMA_ID}: 2.00x",
     ]
 

@@ -42,7 +42,7 @@ import torch
 
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
-from dllm_bench.sampling.llada import generate
+from dllm_bench.sampling.llada import generate_keywords as generate
 
 LOG = logging.getLogger("bench_cache")
 

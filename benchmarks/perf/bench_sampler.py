@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from dllm_bench.sampling.llada import generate
+from dllm_bench.sampling.llada import generate_keywords as generate
 from dllm_bench.sampling.reference import generate_reference
 
 logger = logging.getLogger("bench_sampler")

@@ -1,5 +1,5 @@
 """dllm-bench: a pytest-benchmark suite for diffusion language models against
-autoregressive baselines. The pytest plugin is `dllm_bench.plugin`.
+autoregressive models. The pytest plugin is `dllm_bench.plugin`.
 
 An xdist worker (PYTEST_XDIST_WORKER is set before any plugin is imported) is pinned to
 one GPU here, on the package's first import, before torch can initialise CUDA.

@@ -3,7 +3,8 @@
 A case is one grid point: a model entry, the shape (prompt length, generated length,
 batch size), the rounds and prompt seed, and its kind's decoding settings. Its identity
 (`Case.params`) is exactly the row's `IDENTITY_COLUMNS`, so a row and a case compare by
-the same key.
+the same key; settings that set a column their kind's spec does not declare are refused,
+never dropped.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dllm_bench.backends import Settings
 from dllm_bench.config import BenchConfig
+from dllm_bench.kinds import SPECS, Settings
 from dllm_bench.rows import IDENTITY_COLUMNS, CaseKey
 from dllm_bench.spec import ModelSpec
 
@@ -41,13 +42,23 @@ class Case:
     @property
     def case_id(self) -> str:
         """`<model>[-<task>]-p<P>-g<G>-b<B>` (the task when it is not `random`), then the kind's
-        settings (LLaDA: `-s<steps>-k<block_length>` and the non-default settings)."""
+        settings' id parts (its spec's `id_parts`)."""
         task = [] if self.task == "random" else [self.task]
         parts = [self.model.name, *task, f"p{self.prompt_length}", f"g{self.gen_length}", f"b{self.batch_size}"]
         return "-".join([*parts, *self.settings.id_parts()])
 
     def params(self) -> dict[str, object]:
-        """The full parameter set, in `IDENTITY_COLUMNS` order (None where the kind has no such setting)."""
+        """The full parameter set, in `IDENTITY_COLUMNS` order (None where the kind has no such setting).
+
+        Raises ValueError for a setting column the kind's spec does not declare: it would not
+        be part of the identity, and two different settings would share one key."""
+        settings = self.settings.columns()
+        undeclared = sorted(set(settings) - set(SPECS[self.kind].column_names))
+        if undeclared:
+            raise ValueError(
+                f"kind {self.kind!r}: its settings set {', '.join(undeclared)}, which its spec's columns do not "
+                "list; add them to the spec (dllm_bench.kinds) and to dllm_bench.rows.Row"
+            )
         values: dict[str, object] = {
             "model": self.model.name,
             "kind": self.kind,
@@ -61,7 +72,7 @@ class Case:
             "task_options": json.dumps(dict(self.task_options), sort_keys=True) if self.task_options else None,
             "warmup_rounds": self.warmup_rounds,
             "measured_rounds": self.measured_rounds,
-            **self.settings.columns(),
+            **settings,
         }
         return {name: values.get(name) for name in IDENTITY_COLUMNS}
 
@@ -73,7 +84,7 @@ class Case:
 
 
 def expand_cases(config: BenchConfig) -> list[Case]:
-    """All cases of the grid: models in the config's kind order (LLaDA first), then tasks,
+    """All cases of the grid: models in the registry's kind order (`KIND_SPECS`), then tasks,
     then shapes, then settings."""
     cases: list[Case] = []
     for kind, settings in config.settings.items():
@@ -99,5 +110,5 @@ def expand_cases(config: BenchConfig) -> list[Case]:
 
 
 def case_id_of(nodeid: str) -> str:
-    """`path::test_llada[<case id>]` (with any xdist `@group` suffix) -> the case id."""
+    """`path::test_<kind>[<case id>]` (with any xdist `@group` suffix) -> the case id."""
     return nodeid.split("@", 1)[0].rsplit("[", 1)[-1].removesuffix("]")

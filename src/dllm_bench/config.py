@@ -226,7 +226,7 @@ def _check_task_lengths(
 def _parse_sections(
     check: Checker, top: Mapping[str, Any], models: tuple[ModelSpec, ...], gen_length: tuple[int, ...]
 ) -> dict[str, tuple[Settings, ...]]:
-    """Each kind's settings from its section (LLaDA: `llada:`), checked against the grid."""
+    """Each kind's settings from its config section (its spec's `section`), checked against the grid."""
     settings: dict[str, tuple[Settings, ...]] = {}
     for kind, backend in BACKENDS.items():
         used = any(m.kind == kind for m in models)
@@ -285,7 +285,7 @@ def _parse_model(check: Checker, value: object, key: str, base_dir: Path) -> Mod
     name = entry.get("name", "")
     if "name" in entry and (not isinstance(name, str) or not NAME_PATTERN.match(name)):
         check.fail(f"{key}.name", "a name of letters, digits, '_', '.' and single '-'", name)
-    kind = check.choice(entry.get("kind", "llada"), f"{key}.kind", MODEL_KINDS) if "kind" in entry else None
+    kind = check.choice(entry["kind"], f"{key}.kind", MODEL_KINDS) if "kind" in entry else None
     source = _parse_source(check, entry.get("source"), key) if "source" in entry else None
     dtype = check.choice(entry.get("dtype", "auto"), f"{key}.dtype", DTYPES)
     device = entry.get("device", "auto")

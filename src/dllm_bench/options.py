@@ -157,7 +157,7 @@ class Options:
 
 
 def register(parser: pytest.Parser) -> None:
-    group = parser.getgroup(GROUP, "dllm-bench: LLaDA vs autoregressive inference benchmark")
+    group = parser.getgroup(GROUP, "dllm-bench: diffusion vs autoregressive inference benchmark")
     for spec in SPECS:
         extra = f" [ini: {spec.ini}{', env: ' + spec.env if spec.env else ''}]"
         names = (spec.flag, *spec.deprecated)

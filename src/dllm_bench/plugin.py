@@ -22,13 +22,13 @@ import pytest
 
 from dllm_bench import options
 from dllm_bench.devices import visible_gpus
+from dllm_bench.kinds import CASE_FIXTURES
 
 if TYPE_CHECKING:
     from dllm_bench.session import RunSession
 
 FIXTURE_PLUGIN = "dllm_bench.fixture"
 CASES_MARK = "DLLM_BENCH_CASES"
-CASE_FIXTURES = ("llada_case", "baseline_case")
 DEFAULT_TIMER = "dllm_bench.timing.synchronized_timer"
 LOG = logging.getLogger("dllm_bench")
 SESSION_KEY = pytest.StashKey["RunSession"]()

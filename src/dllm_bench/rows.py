@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from dllm_bench.kinds import KIND_SPECS, MODEL_KINDS, KindSpec, KindSpecError
+from dllm_bench.kinds.base import check_specs
 
 # How many significant digits a float column keeps in the CSV (format spec per column).
 _SECONDS = ".6f"
@@ -34,13 +37,22 @@ def _column(doc: str, fmt: str = "") -> Any:
     return field(default=None, metadata={"doc": doc, "fmt": fmt})
 
 
+def _setting(name: str) -> Any:
+    """A decoding-setting field: its meaning is written by the kind spec that declares the
+    column (`dllm_bench.kinds`); a field no spec declares is an error at import."""
+    docs = [doc for spec in KIND_SPECS for column, doc in spec.columns if column == name]
+    if not docs:
+        raise KindSpecError(f"Row.{name} is a setting column that no kind spec declares")
+    return _column(docs[0])
+
+
 @dataclass(frozen=True)
 class Row:
     """One finished case. Field order is the CSV column order."""
 
-    case_id: str = field(metadata={"doc": "the pytest case id part, e.g. tiny-llada-p32-g32-b1-s16-k32", "fmt": ""})
+    case_id: str = field(metadata={"doc": "the pytest case id part, e.g. tiny-p32-g32-b1-s16-k32", "fmt": ""})
     model: str | None = _column("model name from the config (models[].name)")
-    kind: str | None = _column("llada or baseline (models[].kind)")
+    kind: str | None = _column(f"the model kind (models[].kind): {' or '.join(MODEL_KINDS)}")
     model_id: str | None = _column(
         "12 hex digits identifying the whole model entry (name, kind, source, revision, dtype, device, arch, "
         "seed, trust_remote_code): a changed entry is a different case for resume, the gate and merge"
@@ -55,19 +67,14 @@ class Row:
     seed: int | None = _column("seed of the prompts (seed)")
     task: str | None = _column("what the prompts are and how outputs are scored (grid.task); random is speed only")
     task_options: str | None = _column("the task's options (tasks.<task>) as JSON; empty when it has none")
-    steps: int | None = _column("LLaDA diffusion steps (llada.steps); empty for baseline")
-    block_length: int | None = _column("LLaDA block length (llada.block_length); empty for baseline")
-    remasking: str | None = _column("LLaDA remasking strategy (llada.remasking); empty for baseline")
-    temperature: float | None = _column("LLaDA Gumbel temperature (llada.temperature); empty for baseline")
-    cfg_scale: float | None = _column("LLaDA classifier-free guidance scale (llada.cfg_scale); empty for baseline")
-    cache: str | None = _column("LLaDA KV cache: none, prefix or dual (llada.cache); empty for baseline")
-    threshold: float | None = _column(
-        "LLaDA parallel decoding: commit every masked position of the block with confidence >= threshold "
-        "(llada.threshold); empty for fixed steps and for baseline"
-    )
-    factor: float | None = _column(
-        "LLaDA parallel decoding by the factor rule (llada.factor); empty for fixed steps and for baseline"
-    )
+    steps: int | None = _setting("steps")
+    block_length: int | None = _setting("block_length")
+    remasking: str | None = _setting("remasking")
+    temperature: float | None = _setting("temperature")
+    cfg_scale: float | None = _setting("cfg_scale")
+    cache: str | None = _setting("cache")
+    threshold: float | None = _setting("threshold")
+    factor: float | None = _setting("factor")
     warmup_rounds: int | None = _column("untimed calls before measuring (warmup_rounds)")
     measured_rounds: int | None = _column("timed calls (measured_rounds)")
     status: str | None = _column("ok; oom (out of memory) or error for a failed case")
@@ -90,7 +97,7 @@ class Row:
     eos_tokens_per_s: float | None = _column("tokens_until_eos / latency_mean_s", _RATE)
     nfe: float | None = _column(
         "model forward passes per generate call, counted, the mean over the measured calls "
-        "(LLaDA fixed steps: steps; baseline: gen_length)",
+        "(a fixed diffusion schedule: steps; an autoregressive kind: gen_length)",
         ".2f",
     )
     nfe_min: int | None = _column("fewest forward passes of one measured call")
@@ -102,8 +109,8 @@ class Row:
         "gen_length / nfe: positions committed per forward pass per sequence", _SHARE
     )
     agreement_exact: float | None = _column(
-        "LLaDA: share of generated positions equal to the exact decode of the same prompts (same model and "
-        "block length, one token per step, no cache); 1 for the exact decode itself",
+        "diffusion kinds: share of generated positions equal to the exact decode of the same prompts (same model "
+        "and block length, one token per step, no cache); 1 for the exact decode itself",
         _SHARE,
     )
     accuracy: float | None = _column(
@@ -112,8 +119,8 @@ class Row:
     accuracy_se: float | None = _column("standard error of accuracy: sqrt(accuracy (1 - accuracy) / n_scored)", _SHARE)
     n_scored: int | None = _column("prompts scored for accuracy (the measured calls' and extra untimed batches')")
     aup: float | None = _column(
-        "raw_metrics.csv only, LLaDA rows: accuracy under parallelism of this model and task over the run's "
-        "LLaDA settings (see the README's 'Quality'); empty without a task or an exact decode in the grid",
+        "raw_metrics.csv only, diffusion rows: accuracy under parallelism of this model and task over the run's "
+        "settings of the model (see the README's 'Quality'); empty without a task or an exact decode in the grid",
         _SHARE,
     )
     forward_mean_s: float | None = _column(
@@ -123,10 +130,12 @@ class Row:
         "share of that call's time spent outside forward passes (sampling, generate loop)", _SHARE
     )
     ttft_s: float | None = _column(
-        "baseline only: time to first token, mean of prefill-only calls (max_new_tokens=1)", _SECONDS
+        "autoregressive kinds only: time to first token, mean of prefill-only calls (max_new_tokens=1)", _SECONDS
     )
     tpot_s: float | None = _column(
-        "baseline only: time per output token after the first: (latency_mean_s - ttft_s) / (gen_length - 1)", _SECONDS
+        "autoregressive kinds only: time per output token after the first: (latency_mean_s - ttft_s) / "
+        "(gen_length - 1)",
+        _SECONDS,
     )
     peak_memory_allocated_mb: float | None = _column(
         "CUDA: torch.cuda.max_memory_allocated over the measured rounds, MiB", _MIB
@@ -212,8 +221,8 @@ _TYPES: dict[str, type] = {
 }
 _FORMATS: dict[str, str] = {f.name: str(f.metadata["fmt"]) for f in COLUMNS}
 
-# The parameters that identify a case: a row matches a case only if all of them agree.
-IDENTITY_COLUMNS: tuple[str, ...] = (
+# The parameters every case has; the kinds' setting columns (their specs) join them.
+CASE_COLUMNS: tuple[str, ...] = (
     "model",
     "kind",
     "model_id",
@@ -224,17 +233,22 @@ IDENTITY_COLUMNS: tuple[str, ...] = (
     "seed",
     "task",
     "task_options",
-    "steps",
-    "block_length",
-    "remasking",
-    "temperature",
-    "cfg_scale",
-    "cache",
-    "threshold",
-    "factor",
     "warmup_rounds",
     "measured_rounds",
 )
+
+
+def identity_columns(specs: Sequence[KindSpec]) -> tuple[str, ...]:
+    """The columns that identify a case: the common ones and every setting column of the
+    kinds, in column order. A spec whose columns are not result columns is refused
+    (`KindSpecError`): its settings would be dropped from the case's identity."""
+    check_specs(specs, COLUMN_NAMES)
+    wanted = {*CASE_COLUMNS, *(name for spec in specs for name in spec.column_names)}
+    return tuple(name for name in COLUMN_NAMES if name in wanted)
+
+
+# The parameters that identify a case: a row matches a case only if all of them agree.
+IDENTITY_COLUMNS: tuple[str, ...] = identity_columns(KIND_SPECS)
 
 # Numeric measurements (what a --gate rule may name), in column order.
 MEASUREMENT_COLUMNS: tuple[str, ...] = tuple(

@@ -285,8 +285,8 @@ class RunSession:
     # --- selection -----------------------------------------------------------------------
 
     def cases_for(self, fixture_name: str) -> list[Case]:
-        """The cases a test with this case fixture is parametrized with (`llada_case`: the
-        LLaDA kind's cases)."""
+        """The cases a test with this case fixture is parametrized with (`<kind>_case`: the
+        kind's cases)."""
         return [case for case in self.cases if backend(case.kind).case_fixture == fixture_name]
 
     def select(self, items: list[pytest.Item]) -> None:

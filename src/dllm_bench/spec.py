@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dllm_bench.kinds import MODEL_KINDS as KIND_NAMES
 from dllm_bench.trained import trained_model_dir
 
-MODEL_KINDS = ("llada", "baseline")
+MODEL_KINDS = KIND_NAMES  # derived from the kind specs (dllm_bench.kinds)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 RANDOM_INIT = "random-init"
 TRAINED_PREFIX = "trained:"

@@ -1,10 +1,12 @@
 """What every model kind provides, behind one interface.
 
-A backend owns everything that differs between model kinds: its config section and the
-decoding settings it multiplies out, the case-id parts, its architecture keys and their
-checks, how a random-init folder is written and a checkpoint loaded, the timed generate
-call, how many forward passes a call makes, and the extra measurements of its rows.
-Adding a model kind means one new module here, registered in `dllm_bench.backends`.
+A backend owns the torch side of a model kind: the settings it multiplies out of its
+config section, its architecture keys and their checks, how a random-init folder is
+written and a checkpoint loaded, the timed generate call, and the extra measurements of
+its rows. What the rest of the suite needs to know about the kind without torch (family,
+label, config section and keys, columns, case-id parts) is its spec (`dllm_bench.kinds`).
+Adding a model kind means a spec there and one module here, registered in
+`dllm_bench.backends` (the README's "Adding a model family").
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dllm_bench.kinds import KindSpec, Settings
 from dllm_bench.spec import Checker, ModelSpec
 
 if TYPE_CHECKING:
@@ -26,34 +29,24 @@ if TYPE_CHECKING:
     from dllm_bench.timing import LatencyStats
 
 
-class Settings(Protocol):
-    """The decoding settings of one case (one point of a backend's axes)."""
-
-    def columns(self) -> dict[str, object]:
-        """The row columns these settings set (a subset of the identity columns)."""
-
-    def id_parts(self) -> list[str]:
-        """The case-id parts after `<model>-p<P>-g<G>-b<B>`."""
-
-    def expected_nfe(self, gen_length: int) -> int:
-        """Forward passes one generate call is expected to make (progress, sharding)."""
-
-    def batch_factor(self) -> int:
-        """How many times the batch each forward pass runs (2 with classifier-free guidance)."""
-
-    def work_per_call(self, prompt_length: int, gen_length: int, batch_size: int) -> float:
-        """An estimate of one call's work in token-forwards (for cost-balanced shards)."""
-
-
 class Backend(ABC):
     """One model kind."""
 
-    kind: str
-    case_fixture: str
-    section: str | None = None
-    section_keys: tuple[str, ...] = ()
+    spec: KindSpec
     loader_name: str
     arch_class: str
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def section(self) -> str | None:
+        return self.spec.section
+
+    @property
+    def case_fixture(self) -> str:
+        return self.spec.case_fixture
 
     @abstractmethod
     def parse_section(self, check: Checker, raw: Mapping[str, Any] | None, *, used: bool) -> tuple[Settings, ...]:

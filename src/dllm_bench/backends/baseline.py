@@ -7,15 +7,16 @@ import statistics
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from dllm_bench.backends.base import Backend, Settings, check_arch_types, check_positive
-from dllm_bench.models.random_init import llama_arch_keys, write_llama_folder
+from dllm_bench.backends.base import Backend, check_arch_types, check_positive
+from dllm_bench.kinds import Settings
+from dllm_bench.kinds.baseline import SPEC, BaselineSettings
+from dllm_bench.models.random_init import write_model_folder
 from dllm_bench.spec import Checker, ModelSpec
 from dllm_bench.timing import time_rounds
 
@@ -39,27 +40,27 @@ SIZE_KEYS = (
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # Keys that set the weights' precision: the entry's `dtype` decides it, once.
 DTYPE_KEYS = ("dtype", "torch_dtype")
+# Keys LlamaConfig reads besides its dataclass fields (transformers 5 converts them to ``rope_parameters``).
+_LLAMA_LEGACY_KEYS = frozenset({"rope_theta", "rope_scaling"})
 
 
-@dataclass(frozen=True)
-class BaselineSettings:
-    """The AR baseline has no decoding axes: greedy, exactly gen_length new tokens."""
+def llama_arch_keys() -> frozenset[str]:
+    """The architecture keys a random-init Llama accepts: LlamaConfig's fields and legacy keys."""
+    return frozenset(f.name for f in dataclasses.fields(LlamaConfig)) | _LLAMA_LEGACY_KEYS
 
-    def columns(self) -> dict[str, object]:
-        return {}
 
-    def id_parts(self) -> list[str]:
-        return []
+def write_llama_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> Path:
+    """Write a random-init ``LlamaForCausalLM`` folder loadable with
+    ``AutoModelForCausalLM.from_pretrained(folder)``. ``arch`` holds
+    :class:`transformers.LlamaConfig` arguments; an unknown key raises ``ValueError``. An
+    existing folder is returned without rewriting."""
 
-    def expected_nfe(self, gen_length: int) -> int:
-        return gen_length
+    def build() -> LlamaForCausalLM:
+        return LlamaForCausalLM(LlamaConfig(**dict(arch)))
 
-    def batch_factor(self) -> int:
-        return 1
-
-    def work_per_call(self, prompt_length: int, gen_length: int, batch_size: int) -> float:
-        """A prefill of the prompt, then one token per row and step (KV cache)."""
-        return float(batch_size * (prompt_length + gen_length))
+    return write_model_folder(
+        folder, build, name="Llama", arch=arch, known_keys=llama_arch_keys(), seed=seed, dtype=dtype
+    )
 
 
 def _llama_types() -> dict[str, tuple[type, ...]]:
@@ -82,8 +83,7 @@ def _divides(arch: Mapping[str, Any], small: str, big: str) -> list[str]:
 
 
 class BaselineBackend(Backend):
-    kind = "baseline"
-    case_fixture = "baseline_case"
+    spec = SPEC
     loader_name = "transformers AutoModelForCausalLM"
     arch_class = "LlamaConfig"
 

@@ -13,19 +13,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModel
 
-from dllm_bench.backends.base import Backend, Settings, check_arch_types, check_positive
+from dllm_bench.backends.base import Backend, check_arch_types, check_positive
+from dllm_bench.kinds import Settings
+from dllm_bench.kinds.llada import SPEC
 from dllm_bench.models.llada_checkpoint import load_llada_checkpoint, register_llada_auto_classes
+from dllm_bench.models.llada_hf import modeling_llada
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
-from dllm_bench.models.llada_hf.modeling_llada import _check_supported
-from dllm_bench.models.random_init import LLADA_REMOTE_CODE_FILES, llada_source_dir, write_llada_folder
+from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM, _check_supported
+from dllm_bench.models.random_init import write_model_folder
 from dllm_bench.sampling.llada import generate
+from dllm_bench.sampling.rules import CONFIDENCE_RULES, RULE_KEYS
 from dllm_bench.sampling.schedule import (
     CACHE_MODES,
     LLADA_DEFAULTS,
     REMASKING_STRATEGIES,
     DecodingError,
     LladaSettings,
-    validate_decoding,
 )
 from dllm_bench.spec import Checker, ModelSpec
 
@@ -37,13 +40,46 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("dllm_bench.backends.llada")
 
-SECTION_KEYS = ("steps", "block_length", "remasking", "temperature", "cfg_scale", "cache", "threshold", "factor")
+SECTION_KEYS = SPEC.section_keys
 SIZE_KEYS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size")
 TOKEN_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+#: The remote-code files copied into every LLaDA folder.
+LLADA_REMOTE_CODE_FILES: tuple[str, ...] = ("configuration_llada.py", "modeling_llada.py")
 # The config key a problem the sampler's validation names is reported under: gen_length is
 # a grid key shared by all kinds, so "gen_length must be a multiple of block_length" is
 # reported as the LLaDA axis block_length.
 PROBLEM_KEYS = {"gen_length": "llada.block_length"}
+
+
+def llada_source_dir() -> Path:
+    """The package folder holding the LLaDA remote-code files."""
+    return Path(modeling_llada.__file__).resolve().parent
+
+
+def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> Path:
+    """Write a random-init LLaDA folder (``config.json`` with ``auto_map``, the weights and the
+    remote-code files ``configuration_llada.py`` and ``modeling_llada.py``) that
+    ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` loads as it would load
+    ``GSAI-ML/LLaDA-8B-Instruct``; the suite's own loader reads it too.
+
+    ``arch`` holds :class:`LLaDAConfig` arguments (missing keys take the 8B defaults); an
+    unknown key raises ``ValueError``. An existing folder is returned as it is, with its
+    remote-code files refreshed if they differ from the package's.
+    """
+
+    def build() -> LLaDAModelLM:
+        return LLaDAModelLM(LLaDAConfig(**dict(arch)))
+
+    return write_model_folder(
+        folder,
+        build,
+        name="LLaDA",
+        arch=arch,
+        known_keys=frozenset(LLADA_CONFIG_KEYS),
+        seed=seed,
+        dtype=dtype,
+        code_files=[llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES],
+    )
 
 
 def _llada_types() -> dict[str, tuple[type, ...]]:
@@ -58,10 +94,7 @@ def _llada_types() -> dict[str, tuple[type, ...]]:
 
 
 class LladaBackend(Backend):
-    kind = "llada"
-    case_fixture = "llada_case"
-    section = "llada"
-    section_keys = SECTION_KEYS
+    spec = SPEC
     loader_name = "dllm_bench's own LLaDAModelLM"
     arch_class = "LLaDAConfig"
 
@@ -75,9 +108,10 @@ class LladaBackend(Backend):
         check.known_keys(raw, "llada", SECTION_KEYS)
         if "block_length" not in raw:
             check.fail("llada.block_length", "a positive integer or a list of them (missing)", show_got=False)
-        thresholds = self._optional_axis(check, raw.get("threshold"), "llada.threshold")
-        factors = self._optional_axis(check, raw.get("factor"), "llada.factor")
-        if "steps" not in raw and None in thresholds and None in factors:
+        # One axis per confidence rule (null: the rule is off); their product, each point
+        # with at most one rule set (the sampler's validation refuses more).
+        rule_axes = [self._optional_axis(check, raw.get(rule.key), f"llada.{rule.key}") for rule in CONFIDENCE_RULES]
+        if "steps" not in raw and all(None in axis for axis in rule_axes):
             check.fail("llada.steps", "a positive integer or a list of them (missing)", show_got=False)
         steps = check.int_axis(raw.get("steps", 1), "llada.steps") if "steps" in raw else ()
         blocks = check.int_axis(raw.get("block_length", 1), "llada.block_length")
@@ -88,11 +122,12 @@ class LladaBackend(Backend):
         cfg = check.float_axis(raw.get("cfg_scale", LLADA_DEFAULTS.cfg_scale), "llada.cfg_scale")
         caches = check.choice_axis(raw.get("cache", LLADA_DEFAULTS.cache), "llada.cache", CACHE_MODES)
         settings: dict[LladaSettings, None] = {}
-        for threshold, factor in itertools.product(thresholds, factors):
+        for point in itertools.product(*rule_axes):
+            rules = dict(zip(RULE_KEYS, point, strict=True))
             # With a commit rule the steps axis does not change the result: one case, no steps.
-            rule_steps: tuple[int | None, ...] = (None,) if threshold is not None or factor is not None else steps
+            rule_steps: tuple[int | None, ...] = (None,) if any(v is not None for v in point) else steps
             for s, k, r, t, c, cache in itertools.product(rule_steps, blocks, remasking, temperature, cfg, caches):
-                item = LladaSettings(s, k, r, t, c, cache, threshold, factor)
+                item = LladaSettings(s, k, r, t, c, cache, **rules)
                 settings.setdefault(item, None)
         return tuple(settings)
 
@@ -116,7 +151,7 @@ class LladaBackend(Backend):
             for item in settings:
                 assert isinstance(item, LladaSettings)
                 try:
-                    validate_decoding(gen_length=gen_length, **item.columns())  # type: ignore[arg-type]
+                    item.validate(gen_length)
                 except DecodingError as exc:
                     for name, problem in zip(exc.parameters, exc.problems, strict=True):
                         key = PROBLEM_KEYS.get(name, f"llada.{name}" if name in SECTION_KEYS else "llada")
@@ -185,17 +220,10 @@ class LladaBackend(Backend):
             output = generate(
                 loaded.model,
                 feed.input_ids,
-                feed.attention_mask,
-                steps=settings.steps,
+                settings,
                 gen_length=gen_length,
-                block_length=settings.block_length,
-                temperature=settings.temperature,
-                cfg_scale=settings.cfg_scale,
-                remasking=settings.remasking,
                 mask_id=mask_id,
-                cache=settings.cache,
-                threshold=settings.threshold,
-                factor=settings.factor,
+                attention_mask=feed.attention_mask,
             )
             return recorder.record(output)
 
@@ -248,20 +276,20 @@ class LladaBackend(Backend):
         key = self._exact_key(case, round_index)
         if key not in loaded.memo:
             feed.select(round_index)
+            exact = LladaSettings(
+                steps=case.gen_length,
+                block_length=settings.block_length,
+                remasking=settings.remasking,
+                temperature=settings.temperature,
+                cfg_scale=settings.cfg_scale,
+            )
             loaded.memo[key] = generate(
                 loaded.model,
                 feed.input_ids,
-                feed.attention_mask,
-                steps=case.gen_length,
+                exact,
                 gen_length=case.gen_length,
-                block_length=settings.block_length,
-                temperature=settings.temperature,
-                cfg_scale=settings.cfg_scale,
-                remasking=settings.remasking,
                 mask_id=loaded.mask_id,
-                cache="none",
-                threshold=None,
-                factor=None,
+                attention_mask=feed.attention_mask,
             )
         return loaded.memo[key]
 

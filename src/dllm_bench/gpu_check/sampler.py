@@ -19,7 +19,7 @@ from dllm_bench.gpu_check.outcome import CheckResult, failed, passed
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
 from dllm_bench.runner import release_memory
-from dllm_bench.sampling.llada import generate
+from dllm_bench.sampling.llada import generate_keywords
 from dllm_bench.sampling.reference import generate_reference
 
 
@@ -126,7 +126,7 @@ def compare_samplers(
             "mask_id": mask_id,
         }
         torch.manual_seed(100 + index)
-        fast = generate(model, prompt, mask, **kwargs)
+        fast = generate_keywords(model, prompt, mask, **kwargs)
         torch.manual_seed(100 + index)
         with counting_topk_ties(outcome.ties):
             reference = generate_reference(model, prompt, mask, **kwargs)

@@ -1,7 +1,7 @@
 """Load the models of a config once per process.
 
 A `random-init` entry is first written to a folder in the model cache (config, weights
-and, for LLaDA, the remote-code files) and then loaded through the same call a hub
+and any code files its kind carries) and then loaded through the same call a hub
 checkpoint or a local folder takes, so the path real checkpoints use is the one tested.
 A cache folder is used only after `verify_folder` accepted it. Every failure to load,
 whatever raised it, becomes one `ModelLoadError` naming the model, its source, the

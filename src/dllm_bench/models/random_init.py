@@ -1,11 +1,9 @@
-"""Writers of random-init model folders that load exactly like hub checkpoints.
+"""Random-init model folders that load exactly like hub checkpoints, for every kind.
 
-``write_llada_folder`` writes a LLaDA folder (``config.json`` with ``auto_map``,
-``model.safetensors`` and the remote-code files ``configuration_llada.py`` and
-``modeling_llada.py``) that ``transformers.AutoModel.from_pretrained(folder,
-trust_remote_code=True)`` loads as it would load ``GSAI-ML/LLaDA-8B-Instruct``.
-``write_llama_folder`` writes a plain ``LlamaForCausalLM`` folder, the
-autoregressive baseline. ``folder_key`` names cache folders.
+``write_model_folder`` writes the folder of a model a kind's backend builds (weights,
+config and any code files the folder must carry), and returns an existing complete folder
+as it is; each backend's ``write_random_init`` calls it with its own model class.
+``folder_key`` names cache folders, ``verify_folder`` checks one before it is used.
 
 Folders are written atomically: the model is saved into a temporary directory
 beside the target, which is then renamed onto it, so a killed writer never
@@ -16,7 +14,6 @@ directory beside it).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import json
@@ -29,30 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
-from dllm_bench.models.llada_hf import modeling_llada
-from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
-from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
 from dllm_bench.sinks.atomic import current_umask
 
 __all__ = [
     "CACHE_MANIFEST",
-    "LLADA_REMOTE_CODE_FILES",
     "CacheFolderError",
     "StagedFolder",
     "folder_key",
-    "llada_source_dir",
     "remove_stale_temporaries",
     "verify_folder",
-    "write_llada_folder",
-    "write_llama_folder",
+    "write_model_folder",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The remote-code files copied into every LLaDA folder.
-LLADA_REMOTE_CODE_FILES: tuple[str, ...] = ("configuration_llada.py", "modeling_llada.py")
 
 #: The file in every folder the suite writes that lists the files it wrote (name, size, sha256).
 CACHE_MANIFEST = "dllm-bench-cache.json"
@@ -60,14 +48,6 @@ CACHE_MANIFEST = "dllm-bench-cache.json"
 CACHE_FORMAT = 2
 #: Files up to this size are checked by their sha256 on every use; larger ones by their size.
 HASHED_FILE_LIMIT = 64 * 2**20
-
-# Keys LlamaConfig reads besides its dataclass fields (transformers 5 converts them to ``rope_parameters``).
-_LLAMA_LEGACY_KEYS = frozenset({"rope_theta", "rope_scaling"})
-
-
-def llada_source_dir() -> Path:
-    """The package folder holding the LLaDA remote-code files."""
-    return Path(modeling_llada.__file__).resolve().parent
 
 
 def folder_key(kind: str, arch: Mapping[str, Any], seed: int, dtype: str) -> str:
@@ -81,60 +61,38 @@ def folder_key(kind: str, arch: Mapping[str, Any], seed: int, dtype: str) -> str
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> Path:
-    """Write a random-init LLaDA folder loadable with ``AutoModel.from_pretrained(folder, trust_remote_code=True)``.
-
-    ``arch`` holds :class:`LLaDAConfig` arguments (missing keys take the 8B
-    defaults); an unknown key raises ``ValueError``. If ``folder`` already has a
-    ``config.json`` it is returned as is: the weights are not rewritten, only the
-    remote-code files are refreshed if they differ from the package's.
-    """
+def write_model_folder(
+    folder: Path,
+    build: Callable[[], PreTrainedModel],
+    *,
+    name: str,
+    arch: Mapping[str, Any],
+    known_keys: frozenset[str],
+    seed: int,
+    dtype: torch.dtype,
+    code_files: Sequence[Path] = (),
+) -> Path:
+    """Write the random-init folder of the model ``build`` makes (on the meta device; the
+    weights are allocated once in ``dtype`` and initialised with ``seed``), with copies of
+    ``code_files``. ``name`` names the architecture in messages; an ``arch`` key outside
+    ``known_keys`` raises ``ValueError``. If ``folder`` already has a ``config.json`` it is
+    returned as is: the weights are not rewritten, only the code files are refreshed if they
+    differ from the package's."""
     folder = Path(folder)
-    _check_keys("LLaDA", arch, frozenset(LLADA_CONFIG_KEYS))
-    _check_dtype(dtype)
-    sources = [llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES]
-    if _is_complete(folder):
-        logger.info("LLaDA folder %s already exists, not rewriting it", folder)
-        _refresh_files(folder, sources)
-        return folder
-    config = LLaDAConfig(**dict(arch))
-
-    def build() -> PreTrainedModel:
-        return LLaDAModelLM(config)
-
-    return _write_atomically(folder, build, seed=seed, dtype=dtype, extra_files=sources)
-
-
-def write_llama_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> Path:
-    """Write a random-init ``LlamaForCausalLM`` folder loadable with ``AutoModelForCausalLM.from_pretrained(folder)``.
-
-    ``arch`` holds :class:`transformers.LlamaConfig` arguments; an unknown key
-    raises ``ValueError``. If ``folder`` already has a ``config.json`` it is
-    returned without rewriting.
-    """
-    folder = Path(folder)
-    _check_keys("Llama", arch, llama_arch_keys())
+    _check_keys(name, arch, known_keys)
     _check_dtype(dtype)
     if _is_complete(folder):
-        logger.info("Llama folder %s already exists, not rewriting it", folder)
+        logger.info("%s folder %s already exists, not rewriting it", name, folder)
+        if code_files:
+            _refresh_files(folder, code_files)
         return folder
-    config = LlamaConfig(**dict(arch))
-
-    def build() -> PreTrainedModel:
-        return LlamaForCausalLM(config)
-
-    return _write_atomically(folder, build, seed=seed, dtype=dtype, extra_files=())
+    return _write_atomically(folder, build, seed=seed, dtype=dtype, extra_files=code_files)
 
 
-def llama_arch_keys() -> frozenset[str]:
-    """The architecture keys a random-init Llama accepts: LlamaConfig's fields and legacy keys."""
-    return frozenset(f.name for f in dataclasses.fields(LlamaConfig)) | _LLAMA_LEGACY_KEYS
-
-
-def _check_keys(kind: str, arch: Mapping[str, Any], known: frozenset[str]) -> None:
+def _check_keys(name: str, arch: Mapping[str, Any], known: frozenset[str]) -> None:
     unknown = sorted(key for key in arch if key not in known)
     if unknown:
-        raise ValueError(f"unknown {kind} architecture key(s): {', '.join(map(repr, unknown))}")
+        raise ValueError(f"unknown {name} architecture key(s): {', '.join(map(repr, unknown))}")
 
 
 def _check_dtype(dtype: torch.dtype) -> None:

@@ -14,8 +14,9 @@ arXiv 2505.22618) accelerate it:
   (prefix: the positions before the block come from the cache) or only the
   block (dual: the positions after it come from the cache as well; the
   block's own entries are replaced at every step).
-* What a step commits: the fixed schedule (``steps``: the block's masked count
-  split evenly over ``steps / num_blocks`` steps, the first steps taking the
+* What a step commits: a commit rule of :mod:`dllm_bench.sampling.rules`, one
+  module each: the fixed schedule (``steps``: the block's masked count split
+  evenly over ``steps / num_blocks`` steps, the first steps taking the
   remainder), or a confidence rule: ``threshold`` tau commits every masked
   position of the block whose confidence is >= tau, and always at least the
   most confident one; ``factor`` f commits the longest run of ranks n = 1, 2,
@@ -72,9 +73,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dllm_bench.sampling.schedule import LLADA_DEFAULTS, transfer_schedule, validate_decoding
+from dllm_bench.sampling.rules import StepRule, active_rule, step_rule, transfer_schedule
+from dllm_bench.sampling.schedule import LladaSettings
 
-__all__ = ["generate"]
+__all__ = ["generate", "generate_keywords"]
 
 _NEG_INF = float("-inf")
 
@@ -99,18 +101,11 @@ def _validate_inputs(prompt: torch.Tensor, attention_mask: torch.Tensor | None) 
 def generate(
     model: torch.nn.Module,
     prompt: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
+    settings: LladaSettings,
     *,
-    steps: int | None,
     gen_length: int,
-    block_length: int,
-    temperature: float = LLADA_DEFAULTS.temperature,
-    cfg_scale: float = LLADA_DEFAULTS.cfg_scale,
-    remasking: str = LLADA_DEFAULTS.remasking,
     mask_id: int,
-    cache: str = LLADA_DEFAULTS.cache,
-    threshold: float | None = LLADA_DEFAULTS.threshold,
-    factor: float | None = LLADA_DEFAULTS.factor,
+    attention_mask: torch.Tensor | None = None,
     on_forward: OnForward = None,
 ) -> torch.Tensor:
     """Sample ``gen_length`` tokens after ``prompt`` with LLaDA's block-wise remasking.
@@ -122,62 +117,75 @@ def generate(
             ``replace_position`` and ``logits_to_keep`` as
             :class:`dllm_bench.models.llada_hf.modeling_llada.LLaDAModelLM` does.
         prompt: (B, P) integer token ids (left padding allowed, with a mask).
+        settings: how to decode (:class:`dllm_bench.sampling.schedule.LladaSettings`):
+            ``steps`` of the fixed schedule (a multiple of the number of blocks; may be
+            None with a confidence rule), ``block_length`` (tokens per
+            semi-autoregressive block), ``temperature`` (0 for greedy, else Gumbel-max
+            sampling in float64), ``cfg_scale`` (classifier-free guidance; with it the
+            conditional and unconditional inputs run as one doubled batch, with a cache
+            one cache per branch), ``remasking`` (``"low_confidence"``: the
+            prediction's probability is its confidence; ``"random"``: uniform noise),
+            ``cache`` (``"none"``, ``"prefix"`` or ``"dual"``, see the module
+            docstring) and the confidence rules (``threshold``, ``factor``; see
+            :mod:`dllm_bench.sampling.rules`).
+        gen_length: tokens to generate, a multiple of ``block_length``.
+        mask_id: the mask token id.
         attention_mask: optional (B, P) mask for the prompt; it is extended
             with ones over the generated positions.
-        steps: total denoising steps of the fixed schedule, a multiple of the
-            number of blocks; may be None with ``threshold`` or ``factor``
-            (then it is not used).
-        gen_length: tokens to generate, a multiple of ``block_length``.
-        block_length: tokens per semi-autoregressive block.
-        temperature: 0 for greedy; otherwise Gumbel-max sampling in float64.
-        cfg_scale: classifier-free guidance scale; 0 disables it. With cfg
-            the conditional and unconditional (prompt masked out) inputs are
-            run as one doubled batch (with a cache: one cache per branch).
-        remasking: ``"low_confidence"`` (confidence = the prediction's
-            probability) or ``"random"`` (confidence = uniform noise).
-        mask_id: the mask token id.
-        cache: ``"none"``, ``"prefix"`` or ``"dual"`` (see the module docstring).
-        threshold: tau in (0, 1]: commit every masked position of the block
-            with confidence >= tau, at least the most confident one.
-        factor: f > 0: commit the longest run of ranks n with
-            (n + 1) * (1 - c_n) < f, at least the first.
         on_forward: called once after every model forward pass.
 
     Returns:
         (B, P + gen_length) int64 canvas: the prompt followed by the generated
         tokens; no mask token remains in the generated part.
     """
-    validate_decoding(
-        steps=steps,
-        gen_length=gen_length,
-        block_length=block_length,
-        cache=cache,
-        threshold=threshold,
-        factor=factor,
-        cfg_scale=cfg_scale,
-        temperature=temperature,
-        remasking=remasking,
-    )
+    settings.validate(gen_length)
     _validate_inputs(prompt, attention_mask)
     options = _Options(
         gen_length=gen_length,
-        block_length=block_length,
-        temperature=float(temperature),
-        cfg_scale=float(cfg_scale),
-        low_confidence=remasking == "low_confidence",
+        block_length=settings.block_length,
+        temperature=float(settings.temperature),
+        cfg_scale=float(settings.cfg_scale),
+        low_confidence=settings.remasking == "low_confidence",
         mask_id=mask_id,
         on_forward=on_forward,
     )
-    if cache == "none" and threshold is None and factor is None:
-        assert steps is not None
-        return _generate_fixed_uncached(model, prompt, attention_mask, steps, options)
+    rules = settings.rule_values()
+    if settings.cache == "none" and active_rule(rules) is None:
+        assert settings.steps is not None
+        return _generate_fixed_uncached(model, prompt, attention_mask, settings.steps, options)
     if prompt.numel() and bool((prompt == mask_id).any()):
         raise ValueError(
             f"the prompt contains the mask id {mask_id}: cache and threshold/factor decoding need a prompt "
             "without mask tokens (and a pad id different from the mask id)"
         )
-    rule = _CommitRule.make(steps, gen_length // block_length, block_length, threshold, factor)
-    return _generate_blockwise(model, prompt, attention_mask, options, rule, cache)
+    rule = step_rule(rules, settings.steps, gen_length // settings.block_length, settings.block_length)
+    return _generate_blockwise(model, prompt, attention_mask, options, rule, settings.cache)
+
+
+def generate_keywords(
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_length: int,
+    mask_id: int,
+    on_forward: OnForward = None,
+    **options: Any,
+) -> torch.Tensor:
+    """:func:`generate` called the way the reference sampler and the published code are
+    (``steps=..., block_length=..., cache=...`` as keywords): the comparisons with them, the
+    benchmarks of ``benchmarks/perf/`` and the sampler's tests pass one set of keywords to
+    both."""
+    settings = LladaSettings(**options)
+    return generate(
+        model,
+        prompt,
+        settings,
+        gen_length=gen_length,
+        mask_id=mask_id,
+        attention_mask=attention_mask,
+        on_forward=on_forward,
+    )
 
 
 @dataclass(frozen=True)
@@ -389,53 +397,6 @@ def _guided(cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float) -> torch
 # --------------------------------------------------------------------------- accelerated modes
 
 
-@dataclass(frozen=True)
-class _CommitRule:
-    """What a step commits: the fixed per-step counts, or a confidence rule."""
-
-    counts: tuple[int, ...] | None
-    threshold: float | None
-    factor: float | None
-
-    @classmethod
-    def make(
-        cls, steps: int | None, num_blocks: int, block_length: int, threshold: float | None, factor: float | None
-    ) -> _CommitRule:
-        if threshold is not None or factor is not None:
-            return cls(None, None if threshold is None else float(threshold), None if factor is None else float(factor))
-        assert steps is not None
-        counts = tuple(k for k in transfer_schedule(block_length, steps // num_blocks) if k > 0)
-        return cls(counts, None, None)
-
-    def select(self, confidence: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
-        """(B, W) bool: the masked positions to commit, from the (B, W) confidences (-inf where not masked)."""
-        if self.threshold is not None:
-            return _select_threshold(confidence, masked, self.threshold)
-        order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
-        if self.factor is not None:
-            ranked = _factor_run(confidence.gather(1, order), masked.gather(1, order), self.factor)
-        else:
-            assert self.counts is not None
-            ranked = torch.zeros_like(masked)
-            ranked[:, : self.counts[step]] = True
-        return torch.zeros_like(masked).scatter_(1, order, ranked) & masked
-
-
-def _select_threshold(confidence: torch.Tensor, masked: torch.Tensor, threshold: float) -> torch.Tensor:
-    chosen = masked & (confidence.to(torch.float64) >= threshold)
-    # Always the most confident masked position (the first one on ties) of every row that has one.
-    best = torch.max(confidence, dim=1).indices.unsqueeze(1)
-    return chosen | (torch.zeros_like(masked).scatter_(1, best, True) & masked)
-
-
-def _factor_run(sorted_confidence: torch.Tensor, sorted_masked: torch.Tensor, factor: float) -> torch.Tensor:
-    """(B, W) bool over the ranks: the longest run n = 1, 2, ... with (n + 1) * (1 - c_n) < factor, the first always."""
-    n = torch.arange(1, sorted_confidence.shape[1] + 1, device=sorted_confidence.device, dtype=torch.float64)
-    passes = (n + 1) * (1 - sorted_confidence.to(torch.float64)) < factor
-    passes[:, 0] = True
-    return (torch.cumprod(passes.to(torch.int8), dim=1) > 0) & sorted_masked
-
-
 class _Forwards:
     """The model calls of one block: the full forward of its first step (which fills the
     cache), then cached forwards (prefix: ``x[:, start:]``, dual: the block)."""
@@ -488,7 +449,7 @@ def _generate_blockwise(
     prompt: torch.Tensor,
     attention_mask: torch.Tensor | None,
     options: _Options,
-    rule: _CommitRule,
+    rule: StepRule,
     cache: str,
 ) -> torch.Tensor:
     """Cache modes and confidence rules; see the module docstring."""
@@ -505,10 +466,7 @@ def _generate_blockwise(
         while True:
             block_x = x[:, start : start + width]
             masked = block_x == options.mask_id
-            if rule.counts is not None:
-                if step == len(rule.counts):
-                    break
-            elif not bool(masked.any()):
+            if rule.block_done(step, masked):
                 break
             needed = masked.any(dim=0).nonzero().squeeze(1)
             logits, kept = forwards.block_logits(x, start, start + width, prompt_len, needed)

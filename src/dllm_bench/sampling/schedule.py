@@ -5,10 +5,12 @@ and everything that only reads settings (the report, the config check) use this 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from dllm_bench.sampling.rules import CONFIDENCE_RULES, RULE_KEYS, rule_problems, transfer_schedule
+from dllm_bench.sampling.rules.base import Problem, finite
 
 __all__ = [
     "CACHE_MODES",
@@ -44,10 +46,6 @@ class LladaDecodingDefaults:
 LLADA_DEFAULTS = LladaDecodingDefaults()
 
 
-#: A problem of the decoding options: the parameter it is about, and the message.
-Problem = tuple[str, str]
-
-
 class DecodingError(ValueError):
     """Invalid decoding options; ``problems`` holds one message per offending parameter and
     ``parameters`` the parameter each is about (``"threshold"`` when threshold and factor
@@ -64,13 +62,6 @@ class DecodingError(ValueError):
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite(value: object) -> float | None:
-    """``value`` as a float if it is a finite real number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _positive_int_problem(name: str, value: object) -> Problem | None:
@@ -107,20 +98,6 @@ def _schedule_problems(steps: object, gen_length: object, block_length: object, 
     return problems
 
 
-def _rule_problems(threshold: object, factor: object) -> list[Problem]:
-    problems: list[Problem] = []
-    if threshold is not None and factor is not None:
-        both = f"got threshold={threshold!r}, factor={factor!r}"
-        problems.append(("threshold", f"threshold and factor exclude each other: set one of them ({both})"))
-    tau = _finite(threshold)
-    if threshold is not None and (tau is None or not 0 < tau <= 1):
-        problems.append(("threshold", f"threshold must be null or a number in (0, 1], got {threshold!r}"))
-    f = _finite(factor)
-    if factor is not None and (f is None or f <= 0):
-        problems.append(("factor", f"factor must be null or a finite number > 0, got {factor!r}"))
-    return problems
-
-
 def _option_problems(cache: object, cfg_scale: object, temperature: object, remasking: object) -> list[Problem]:
     problems: list[Problem] = []
     if cache not in CACHE_MODES:
@@ -129,7 +106,7 @@ def _option_problems(cache: object, cfg_scale: object, temperature: object, rema
         expected = ", ".join(repr(r) for r in REMASKING_STRATEGIES)
         problems.append(("remasking", f"unknown remasking {remasking!r}; expected one of {expected}"))
     for name, value in (("temperature", temperature), ("cfg_scale", cfg_scale)):
-        number = _finite(value)
+        number = finite(value)
         if number is None or number < 0:
             problems.append((name, f"{name} must be a finite number >= 0, got {value!r}"))
     return problems
@@ -141,11 +118,10 @@ def validate_decoding(
     gen_length: int,
     block_length: int,
     cache: str = LLADA_DEFAULTS.cache,
-    threshold: float | None = LLADA_DEFAULTS.threshold,
-    factor: float | None = LLADA_DEFAULTS.factor,
     cfg_scale: float = LLADA_DEFAULTS.cfg_scale,
     temperature: float = LLADA_DEFAULTS.temperature,
     remasking: str = LLADA_DEFAULTS.remasking,
+    **rules: object,
 ) -> None:
     """Raise :class:`DecodingError` (a ``ValueError``) listing every invalid option; return None if all are valid.
 
@@ -157,13 +133,22 @@ def validate_decoding(
     are not both set; ``cache`` is one of :data:`CACHE_MODES`; ``remasking`` one
     of :data:`REMASKING_STRATEGIES`; ``temperature`` and ``cfg_scale`` are
     finite and >= 0. cfg works with every cache mode (one cache per branch).
+    ``rules`` holds the confidence rules' values by their keys (``threshold=0.9``; see
+    :mod:`dllm_bench.sampling.rules`); another keyword is a TypeError.
     """
-    dynamic = threshold is not None or factor is not None
-    problems = _schedule_problems(steps, gen_length, block_length, dynamic)
-    problems += _rule_problems(threshold, factor)
+    _check_rule_keys(rules)
+    problems = _decoding_problems(steps, gen_length, block_length, rules)
     problems += _option_problems(cache, cfg_scale, temperature, remasking)
     if problems:
         raise DecodingError(problems)
+
+
+def _decoding_problems(
+    steps: object, gen_length: object, block_length: object, rules: Mapping[str, object]
+) -> list[Problem]:
+    """The schedule's and the commit rules' problems."""
+    dynamic = any(value is not None for value in rules.values())
+    return _schedule_problems(steps, gen_length, block_length, dynamic) + rule_problems(rules)
 
 
 def validate_schedule(*, steps: int, gen_length: int, block_length: int) -> None:
@@ -171,13 +156,18 @@ def validate_schedule(*, steps: int, gen_length: int, block_length: int) -> None
     validate_decoding(steps=steps, gen_length=gen_length, block_length=block_length)
 
 
+def _check_rule_keys(rules: Mapping[str, object]) -> None:
+    unknown = sorted(set(rules) - set(RULE_KEYS))
+    if unknown:
+        raise TypeError(f"unknown decoding options {', '.join(unknown)} (the commit rules are {', '.join(RULE_KEYS)})")
+
+
 def forward_pass_bounds(
     *,
     steps: int | None,
     gen_length: int,
     block_length: int,
-    threshold: float | None = None,
-    factor: float | None = None,
+    **rules: float | None,
 ) -> tuple[int, int]:
     """Fewest and most model forwards one :func:`generate` call can make (cfg or not, any batch).
 
@@ -185,9 +175,12 @@ def forward_pass_bounds(
     (steps that commit nothing are skipped). With ``threshold`` or ``factor``:
     at least one per block and at most one per generated position.
     """
-    validate_decoding(steps=steps, gen_length=gen_length, block_length=block_length, threshold=threshold, factor=factor)
+    _check_rule_keys(rules)
+    problems = _decoding_problems(steps, gen_length, block_length, rules)
+    if problems:
+        raise DecodingError(problems)
     num_blocks = gen_length // block_length
-    if threshold is not None or factor is not None:
+    if any(value is not None for value in rules.values()):
         return num_blocks, gen_length
     assert steps is not None
     forwards = num_blocks * min(steps // num_blocks, block_length)
@@ -198,16 +191,6 @@ def num_forward_passes(*, steps: int, gen_length: int, block_length: int) -> int
     """Model forwards of one fixed-schedule :func:`generate` call (one per step that commits something)."""
     low, _ = forward_pass_bounds(steps=steps, gen_length=gen_length, block_length=block_length)
     return low
-
-
-def transfer_schedule(masked: int, steps: int) -> list[int]:
-    """Tokens committed at each of ``steps`` steps when ``masked`` positions are masked.
-
-    ``masked`` is split evenly; the first ``masked % steps`` steps commit one more.
-    Steps may commit nothing when ``steps > masked``.
-    """
-    base, remainder = divmod(masked, steps)
-    return [base + 1 if i < remainder else base for i in range(steps)]
 
 
 def _number(value: float) -> str:
@@ -255,11 +238,17 @@ class LladaSettings:
             parts.append(f"cfg{_number(self.cfg_scale)}")
         if self.cache != LLADA_DEFAULTS.cache:
             parts.append(f"c{self.cache}")
-        if self.threshold is not None:
-            parts.append(f"th{_number(self.threshold)}")
-        if self.factor is not None:
-            parts.append(f"f{_number(self.factor)}")
+        values = self.rule_values()
+        parts.extend(rule.id_part(value) for rule in CONFIDENCE_RULES if (value := values[rule.key]) is not None)
         return parts
+
+    def rule_values(self) -> dict[str, float | None]:
+        """The confidence rules' values by their keys (None where unset)."""
+        return {key: getattr(self, key) for key in RULE_KEYS}
+
+    def validate(self, gen_length: int) -> None:
+        """:func:`validate_decoding` of these settings at ``gen_length``."""
+        validate_decoding(gen_length=gen_length, **self.columns())  # type: ignore[arg-type]
 
     def expected_nfe(self, gen_length: int) -> int:
         """The most forward passes one call can make (the progress bar's length)."""
@@ -267,8 +256,7 @@ class LladaSettings:
             steps=self.steps,
             gen_length=gen_length,
             block_length=self.block_length,
-            threshold=self.threshold,
-            factor=self.factor,
+            **self.rule_values(),
         )
         return most
 
@@ -278,8 +266,7 @@ class LladaSettings:
         return (
             self.steps == gen_length
             and self.cache == "none"
-            and self.threshold is None
-            and self.factor is None
+            and all(value is None for value in self.rule_values().values())
             and self.temperature == 0
             and self.remasking == "low_confidence"
         )

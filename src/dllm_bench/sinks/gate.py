@@ -84,7 +84,7 @@ class GateFailure:
     unit: str = "%"
 
     def describe(self) -> str:
-        """E.g. `tiny-llada-p32-g32-b1-s8-k32: tokens_per_s 812.4 -> 650.1 (-20.0%, limit -10%)`."""
+        """E.g. `tiny-p32-g32-b1-s8-k32: tokens_per_s 812.4 -> 650.1 (-20.0%, limit -10%)`."""
         space = " " if self.unit == "pp" else ""
         return (
             f"{self.case_id}: {self.metric} {format_significant(self.reference)} -> "

@@ -1,6 +1,6 @@
 """Accuracy under parallelism (AUP) for the final rows: one figure per model, task and shape.
 
-For each LLaDA model, task (with its options) and shape (prompt_length, gen_length,
+For each diffusion model (a kind of the diffusion family), task (with its options) and shape (prompt_length, gen_length,
 batch_size), the ok rows with an accuracy are points (tokens_per_forward, accuracy in
 percent) of one curve; `dllm_bench.tasks.aup` turns the curve into one score, written to
 the `aup` column of each of those rows in raw_metrics.csv.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dllm_bench.kinds import is_diffusion
 from dllm_bench.rows import Row
 from dllm_bench.tasks import aup
 
@@ -23,7 +24,7 @@ def curve_key(row: Row) -> CurveKey:
 def _is_point(row: Row) -> bool:
     return (
         row.ok
-        and row.kind == "llada"
+        and is_diffusion(row.kind)
         and row.accuracy is not None
         and row.tokens_per_forward is not None
         and row.tokens_per_forward > 0

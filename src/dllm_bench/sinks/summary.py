@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from dllm_bench.kinds import KIND_SPECS, is_autoregressive, is_diffusion
 from dllm_bench.rows import Row, number
 from dllm_bench.sinks.quality import CurveKey, curve_key
 from dllm_bench.sinks.text import format_ratio, format_significant
@@ -16,11 +17,16 @@ MISSING = "-"
 COLUMN_GAP = "  "
 INDENT = "  "
 
+# The diffusion kinds' labels, as the headers name them.
+DIFFUSION_LABELS = " / ".join(spec.label for spec in KIND_SPECS if spec.is_diffusion)
 RELATIVE_SPEED_HEADER = (
-    "LLaDA speed relative to the AR baseline at the same task, prompt length, gen length and batch size "
-    "(tokens_per_s ratio; >1 means LLaDA is faster; with a scored task, the accuracy difference in points)"
+    f"{DIFFUSION_LABELS} speed relative to the AR model at the same task, prompt length, gen length and batch size "
+    f"(tokens_per_s ratio; >1 means {DIFFUSION_LABELS} is faster; with a scored task, the accuracy difference in "
+    "points)"
 )
-AUP_HEADER = "Accuracy under parallelism (AUP) per LLaDA model, task and shape (see the README's 'Quality')"
+AUP_HEADER = (
+    f"Accuracy under parallelism (AUP) per {DIFFUSION_LABELS} model, task and shape (see the README's 'Quality')"
+)
 NOISE_NOTE = (
     "noise_warning: the machine was busy (load) or the rounds varied (cv); those timings are not reliable, "
     "see the README's 'Stable numbers'"
@@ -61,7 +67,7 @@ def _columns(rows: Sequence[Row]) -> list[tuple[str, bool, Cell]]:
         ("tokens_per_s", True, _float_cell("tokens_per_s", ".1f")),
         ("nfe", True, lambda r: MISSING if r.nfe is None else format(r.nfe, "g")),
     ]
-    if any(r.kind == "llada" and r.tokens_per_forward is not None for r in rows):
+    if any(is_diffusion(r.kind) and r.tokens_per_forward is not None for r in rows):
         columns.append(("tokens_per_forward", True, _float_cell("tokens_per_forward", ".2f")))
     if any(r.accuracy is not None for r in rows):
         columns.append(("accuracy", True, _float_cell("accuracy", ".3f")))
@@ -92,46 +98,47 @@ def _shape(row: Row) -> Shape:
     return (row.task, row.task_options, row.prompt_length, row.gen_length, row.batch_size)
 
 
-def _ratio_line(llada: Row, baseline: Row) -> str:
-    pair = f"{INDENT}{llada.case_id} vs {baseline.case_id}"
-    llada_speed = number(llada, "tokens_per_s")
-    baseline_speed = number(baseline, "tokens_per_s")
-    if llada_speed is None or baseline_speed is None or baseline_speed <= 0:
+def _ratio_line(diffusion: Row, reference: Row) -> str:
+    pair = f"{INDENT}{diffusion.case_id} vs {reference.case_id}"
+    speed = number(diffusion, "tokens_per_s")
+    reference_speed = number(reference, "tokens_per_s")
+    if speed is None or reference_speed is None or reference_speed <= 0:
         return f"{pair}: no tokens_per_s to compare"
-    line = f"{pair}: {format_ratio(llada_speed / baseline_speed)}"
-    if llada.accuracy is not None and baseline.accuracy is not None:
-        line += f", accuracy {100 * (llada.accuracy - baseline.accuracy):+.1f} pp"
+    line = f"{pair}: {format_ratio(speed / reference_speed)}"
+    if diffusion.accuracy is not None and reference.accuracy is not None:
+        line += f", accuracy {100 * (diffusion.accuracy - reference.accuracy):+.1f} pp"
     return line
 
 
 def relative_speed_lines(rows: Sequence[Row]) -> list[str]:
-    """Each ok LLaDA row's tokens_per_s over each ok AR baseline row's of the same shape; [] without LLaDA rows.
+    """Each ok diffusion row's tokens_per_s over each ok autoregressive row's of the same shape; [] without
+    diffusion rows.
 
-    Shape is (prompt_length, gen_length, batch_size); a shape with no ok baseline row is named once.
+    Shape is (prompt_length, gen_length, batch_size); a shape with no ok AR row is named once.
     """
-    lladas = [row for row in rows if row.kind == "llada" and row.ok]
-    if not lladas:
+    diffusion = [row for row in rows if is_diffusion(row.kind) and row.ok]
+    if not diffusion:
         return []
-    baselines: dict[Shape, list[Row]] = {}
+    references: dict[Shape, list[Row]] = {}
     for row in rows:
-        if row.kind == "baseline" and row.ok:
-            baselines.setdefault(_shape(row), []).append(row)
+        if is_autoregressive(row.kind) and row.ok:
+            references.setdefault(_shape(row), []).append(row)
     lines = [RELATIVE_SPEED_HEADER]
     named: set[Shape] = set()
-    for llada in lladas:
-        shape = _shape(llada)
-        if shape in baselines:
-            lines.extend(_ratio_line(llada, baseline) for baseline in baselines[shape])
+    for row in diffusion:
+        shape = _shape(row)
+        if shape in references:
+            lines.extend(_ratio_line(row, reference) for reference in references[shape])
         elif shape not in named:
             named.add(shape)
             task, _, prompt_length, gen_length, batch_size = shape
             where = f"p{prompt_length} g{gen_length} b{batch_size}" + ("" if task in (None, "random") else f" {task}")
-            lines.append(f"{INDENT}no baseline at {where}")
+            lines.append(f"{INDENT}no AR model at {where}")
     return lines
 
 
 def aup_lines(rows: Sequence[Row]) -> list[str]:
-    """One line per LLaDA model, task and shape with an AUP (the rows of raw_metrics.csv)."""
+    """One line per diffusion model, task and shape with an AUP (the rows of raw_metrics.csv)."""
     seen: dict[CurveKey, float] = {}
     for row in rows:
         if row.aup is not None:

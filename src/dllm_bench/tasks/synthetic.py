@@ -13,8 +13,8 @@ one step can repeat one; a decoder that commits one position per step sees what 
 already written. (ParallelBench's point.)
 
 The answer is read from the first n generated tokens, n being the prompt's item count;
-what follows them is not scored (the models end with ``<eos>`` padding, but the AR
-baseline may be forced to go on past its ``<eos>``). An ``<eos>`` or any other token
+what follows them is not scored (the models end with ``<eos>`` padding, but an AR
+model may be forced to go on past its ``<eos>``). An ``<eos>`` or any other token
 that is not part of a correct answer among the first n makes the answer wrong.
 """
 

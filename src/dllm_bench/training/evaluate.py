@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from dllm_bench.sampling.llada import generate
+from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.tasks.base import PromptBatch, Task
 from dllm_bench.tasks.stats import AccuracyStats, accuracy_stats
 from dllm_bench.tasks.vocab import TASK_VOCAB
@@ -45,15 +46,16 @@ class Decode:
 
 def generate_llada(model: torch.nn.Module, batch: PromptBatch, decode: Decode, *, mask_id: int) -> torch.Tensor:
     """The (batch, prompt + gen_length) canvas of a greedy LLaDA decode."""
+    settings = LladaSettings(
+        steps=decode.steps or decode.gen_length, block_length=decode.block_length or decode.gen_length, temperature=0.0
+    )
     return generate(
         model,
         batch.input_ids,
-        batch.attention_mask if batch.padded else None,
-        steps=decode.steps or decode.gen_length,
+        settings,
         gen_length=decode.gen_length,
-        block_length=decode.block_length or decode.gen_length,
-        temperature=0.0,
         mask_id=mask_id,
+        attention_mask=batch.attention_mask if batch.padded else None,
     )
 
 

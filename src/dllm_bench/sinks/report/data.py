@@ -1,8 +1,10 @@
 """The report's data preparation: pure functions from typed rows to what the page shows.
 
 No plotting and no HTML here, so every figure's numbers can be unit-tested: strategy labels,
-the speed/quality trade-off with its Pareto front, the speedup of each LLaDA case over the
-AR case of the same task and shape, and the per-case changes against a reference run.
+the speed/quality trade-off with its Pareto front, the speedup of each diffusion case over
+the autoregressive (AR) case of the same task and shape, and the per-case changes against a
+reference run. Rows are told apart by their kind's family (`dllm_bench.kinds`), never by
+the kind's name.
 """
 
 from __future__ import annotations
@@ -10,17 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dllm_bench.kinds import KindSpec, is_autoregressive, is_diffusion, spec_of
 from dllm_bench.rows import MEASUREMENT_COLUMNS, Row, number
-from dllm_bench.sampling.schedule import LladaSettings
 from dllm_bench.sinks.csvfiles import latest_per_case
 from dllm_bench.sinks.gate import GateRule, change_in, check_gate
 
-LLADA = "llada"
-BASELINE = "baseline"
+AR_LABEL = "AR"
 DEFAULT_TASK = "random"
 
 # Quality measures in order of preference: accuracy where a task scores answers, else the
@@ -35,11 +35,6 @@ POINTS = "pp"
 
 Shape = tuple[int | None, int | None, int | None]
 
-# The columns of a LLaDA row's decoding settings (`LladaSettings.from_columns` reads these).
-SETTINGS_COLUMNS = tuple(f.name for f in dataclasses.fields(LladaSettings))
-_settings_of = operator.attrgetter(*SETTINGS_COLUMNS)
-
-
 def task_of(row: Row) -> str:
     """The row's task; rows written before the task column existed are the random task."""
     return row.task or DEFAULT_TASK
@@ -50,44 +45,45 @@ def shape_of(row: Row) -> Shape:
 
 
 def strategy_label(row: Row) -> str:
-    """A LLaDA row's decoding settings as its case id writes them (the LLaDA backend's
-    `id_parts`, e.g. `s64-k32-cdual`, `k32-cdual-th0.9`). Other kinds are labelled `AR`."""
-    if row.kind != LLADA:
-        return "AR"
-    return _settings_label(_settings_of(row))
+    """A diffusion row's decoding settings as its case id writes them (its kind's settings'
+    `id_parts`, e.g. `s64-k32-cdual`, `k32-cdual-th0.9`). An autoregressive row is labelled
+    with its kind's label (`AR`), a row of a kind this version does not know `AR` too."""
+    spec = spec_of(row.kind)
+    if spec is None:
+        return AR_LABEL
+    if not spec.is_diffusion:
+        return spec.label
+    return _settings_label(spec, tuple(getattr(row, name) for name in spec.column_names))
 
 
 @functools.lru_cache(maxsize=1024)
-def _settings_label(values: tuple[object, ...]) -> str:
-    """The label of one set of decoding settings (`SETTINGS_COLUMNS` values), made once per
-    distinct set: a run of thousands of rows has a few."""
-    settings = LladaSettings.from_columns(dict(zip(SETTINGS_COLUMNS, values, strict=True)))
-    return "-".join(settings.id_parts()) or "default"
+def _settings_label(spec: KindSpec, values: tuple[object, ...]) -> str:
+    """The label of one set of a kind's decoding settings (its setting columns' values), made
+    once per distinct set: a run of thousands of rows has a few."""
+    return spec.strategy(dict(zip(spec.column_names, values, strict=True)))
 
 
 @dataclass(frozen=True)
 class Labeller:
     """Series labels: the strategy, prefixed with the model's name when a run has several
-    models of that kind (`AR` becomes the AR model's name then)."""
+    diffusion models (`AR` is followed by the AR model's name when it has several AR models)."""
 
-    several_llada: bool
-    several_baselines: bool
+    several_diffusion: bool
+    several_references: bool
 
     @classmethod
     def for_rows(cls, rows: Iterable[Row]) -> Labeller:
-        models: dict[str, set[str]] = {LLADA: set(), BASELINE: set()}
-        for row in rows:
-            if row.kind in models and row.model:
-                models[row.kind].add(row.model)
-        return cls(several_llada=len(models[LLADA]) > 1, several_baselines=len(models[BASELINE]) > 1)
+        diffusion = {row.model for row in rows if row.model and is_diffusion(row.kind)}
+        references = {row.model for row in rows if row.model and is_autoregressive(row.kind)}
+        return cls(several_diffusion=len(diffusion) > 1, several_references=len(references) > 1)
 
     def label(self, row: Row) -> str:
-        if row.kind == LLADA:
-            strategy = strategy_label(row)
-            return f"{row.model} {strategy}" if self.several_llada else strategy
-        if self.several_baselines:
-            return f"AR {row.model}"
-        return "AR"
+        strategy = strategy_label(row)
+        if is_diffusion(row.kind):
+            return f"{row.model} {strategy}" if self.several_diffusion else strategy
+        if self.several_references:
+            return f"{strategy} {row.model}"
+        return strategy
 
 
 def positive(row: Row, name: str) -> float | None:
@@ -192,8 +188,8 @@ class TradeOff:
     task: str
     shape: Shape
     metric: str | None
-    llada: list[Point]
-    baselines: list[Point]
+    diffusion: list[Point]
+    references: list[Point]
 
     @property
     def title(self) -> str:
@@ -242,10 +238,10 @@ def _sort_key(key: tuple[str, Shape]) -> tuple[str, tuple[int, ...]]:
 
 
 def trade_offs(rows: Sequence[Row]) -> list[TradeOff]:
-    """One TradeOff per task and shape that has an ok LLaDA row with a speed, in task, then shape order.
+    """One TradeOff per task and shape that has an ok diffusion row with a speed, in task, then shape order.
 
     The quality metric is chosen per task (accuracy if any of its rows has one, else
-    agreement_exact, else None); the Pareto front is over the LLaDA points with a quality value.
+    agreement_exact, else None); the Pareto front is over the diffusion points with a quality value.
     """
     labeller = Labeller.for_rows(rows)
     groups: dict[tuple[str, Shape], list[Row]] = {}
@@ -259,11 +255,15 @@ def trade_offs(rows: Sequence[Row]) -> list[TradeOff]:
     for key in sorted(groups, key=_sort_key):
         task, shape = key
         metric = metric_of_task[task]
-        llada = [p for r in groups[key] if r.kind == LLADA and (p := _point(r, labeller.label(r), metric))]
-        if not llada:
+        diffusion = [p for r in groups[key] if is_diffusion(r.kind) and (p := _point(r, labeller.label(r), metric))]
+        if not diffusion:
             continue
-        baselines = [p for r in groups[key] if r.kind == BASELINE and (p := _point(r, labeller.label(r), metric))]
-        result.append(TradeOff(task=task, shape=shape, metric=metric, llada=_mark_front(llada), baselines=baselines))
+        references = [
+            p for r in groups[key] if is_autoregressive(r.kind) and (p := _point(r, labeller.label(r), metric))
+        ]
+        result.append(
+            TradeOff(task=task, shape=shape, metric=metric, diffusion=_mark_front(diffusion), references=references)
+        )
     return result
 
 
@@ -293,14 +293,8 @@ class Speedup:
 PairKey = tuple[str, str | None, Shape, int | None]
 
 
-def side_of(row: Row) -> str | None:
-    """Which side of a speedup pair a row is on: LLADA (the diffusion model), BASELINE (the AR
-    model it is compared with), or None (neither)."""
-    return row.kind if row.kind in (LLADA, BASELINE) else None
-
-
 def pair_key(row: Row) -> PairKey:
-    """What a LLaDA case and the AR case it is compared with share: the task and its options,
+    """What a diffusion case and the AR case it is compared with share: the task and its options,
     the shape and the prompt seed (the same prompts)."""
     return (task_of(row), row.task_options, shape_of(row), row.seed)
 
@@ -314,7 +308,7 @@ class Pairing:
     without_baseline: list[tuple[str, Shape]]
 
     def by_case(self) -> dict[str, float]:
-        """Each LLaDA case's speedup over AR; with several AR models, the one of the first."""
+        """Each diffusion case's speedup over AR; with several AR models, the one of the first."""
         result: dict[str, float] = {}
         for item in self.speedups:
             result.setdefault(item.llada_case, item.ratio)
@@ -322,22 +316,22 @@ class Pairing:
 
 
 def pair_with_ar(rows: Sequence[Row]) -> Pairing:
-    """Each ok LLaDA row paired with the ok AR (`baseline` kind) rows of the same `pair_key`
+    """Each ok diffusion row paired with the ok autoregressive rows of the same `pair_key`
     (task, task options, prompt_length, gen_length, batch_size and seed): one pair per AR model.
     Rows without a positive tokens_per_s are left out. With several AR models the setting names
     the AR model it is compared with. Linear in the rows: each row is looked up once by its key."""
     labeller = Labeller.for_rows(rows)
     baselines: dict[PairKey, list[tuple[Row, float]]] = {}
-    llada: list[tuple[Row, float | None]] = []
+    diffusion: list[tuple[Row, float | None]] = []
     for row in ok_rows(rows):
-        side, speed = side_of(row), positive(row, "tokens_per_s")
-        if side == BASELINE and speed is not None:
+        speed = positive(row, "tokens_per_s")
+        if is_autoregressive(row.kind) and speed is not None:
             baselines.setdefault(pair_key(row), []).append((row, speed))
-        elif side == LLADA:
-            llada.append((row, speed))
+        elif is_diffusion(row.kind):
+            diffusion.append((row, speed))
     result: list[Speedup] = []
     missing: set[tuple[str, Shape]] = set()
-    for row, speed in llada:
+    for row, speed in diffusion:
         partners = baselines.get(pair_key(row), [])
         if not partners:
             missing.add(_group_key(row))
@@ -349,7 +343,7 @@ def pair_with_ar(rows: Sequence[Row]) -> Pairing:
             result.append(
                 Speedup(
                     label=label,
-                    setting=f"{label} vs {baseline.model}" if labeller.several_baselines else label,
+                    setting=f"{label} vs {baseline.model}" if labeller.several_references else label,
                     llada_case=row.case_id,
                     baseline_case=baseline.case_id,
                     baseline_model=baseline.model or "",
@@ -367,7 +361,7 @@ def speedups(rows: Sequence[Row]) -> list[Speedup]:
 
 
 def shapes_without_baseline(rows: Sequence[Row]) -> list[tuple[str, Shape]]:
-    """Task and shape of the ok LLaDA rows that have no AR case to compare with (none ok, none
+    """Task and shape of the ok diffusion rows that have no AR case to compare with (none ok, none
     with a tokens_per_s, or none of the same task options and seed), sorted."""
     return pair_with_ar(rows).without_baseline
 
@@ -429,13 +423,13 @@ class Spread:
 
 
 def tokens_per_forward_by_strategy(rows: Sequence[Row]) -> list[Spread]:
-    """tokens_per_forward of the ok rows, grouped by series label (LLaDA strategies first, then AR)."""
+    """tokens_per_forward of the ok rows, grouped by series label (diffusion strategies first, then AR)."""
     labeller = Labeller.for_rows(rows)
     groups: dict[tuple[bool, str], list[float]] = {}
     for row in ok_rows(rows):
         value = tokens_per_forward(row)
         if value is not None:
-            groups.setdefault((row.kind != LLADA, labeller.label(row)), []).append(value)
+            groups.setdefault((not is_diffusion(row.kind), labeller.label(row)), []).append(value)
     return [Spread(label, tuple(groups[(ar, label)])) for ar, label in sorted(groups)]
 
 

@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from dllm_bench.kinds import is_diffusion
 from dllm_bench.sinks.report.data import (
-    LLADA,
     POINTS,
     Comparison,
     Cost,
@@ -91,13 +91,13 @@ def is_ar(label: str) -> bool:
 def color_map(labels: Iterable[str]) -> dict[str, str]:
     """A fixed colour per series label (sorted, so every figure of a page agrees); AR is dark grey."""
     colors: dict[str, str] = {}
-    llada = 0
+    diffusion = 0
     for label in sorted(set(labels)):
         if is_ar(label):
             colors[label] = AR_COLOR
         else:
-            colors[label] = PALETTE[llada % len(PALETTE)]
-            llada += 1
+            colors[label] = PALETTE[diffusion % len(PALETTE)]
+            diffusion += 1
     return colors
 
 
@@ -162,7 +162,7 @@ def _legend_labels(labels: Iterable[str], *, ar_points: bool = True) -> list[str
 
 
 def _legend(figure: Figure, colors: Mapping[str, str], shown: Sequence[str], extra: Sequence[Line2D] = ()) -> None:
-    """One legend for the figure, in its right column: LLaDA series (dots), AR (stars), then `extra`."""
+    """One legend for the figure, in its right column: diffusion series (dots), AR (stars), then `extra`."""
     handles = [
         Line2D([], [], marker="*" if is_ar(label) else "o", ls="", color=colors[label], label=label) for label in shown
     ]
@@ -222,7 +222,7 @@ def _front_line(axis: Axes, points: Sequence[Point]) -> None:
 def _quality_panel(axis: Axes, panel: TradeOff, colors: Mapping[str, str]) -> None:
     # One scatter and one errorbar artist per label, however many cases (seeds) the panel has.
     by_label: dict[str, list[tuple[float, float, float | None]]] = {}
-    for p in panel.llada:
+    for p in panel.diffusion:
         if p.quality is not None:
             by_label.setdefault(p.label, []).append((p.speed, p.quality, p.quality_se))
     for label, scored in by_label.items():
@@ -238,10 +238,10 @@ def _quality_panel(axis: Axes, panel: TradeOff, colors: Mapping[str, str]) -> No
                 ecolor=colors[label],
                 zorder=2,
             )
-    _front_line(axis, panel.llada)
+    _front_line(axis, panel.diffusion)
     # One artist per AR label, however many AR cases (seeds) the panel has.
-    for label in dict.fromkeys(b.label for b in panel.baselines):
-        mine = [b for b in panel.baselines if b.label == label]
+    for label in dict.fromkeys(b.label for b in panel.references):
+        mine = [b for b in panel.references if b.label == label]
         unscored = sorted({b.speed for b in mine if b.quality is None})
         if unscored:
             axis.vlines(unscored, 0, 1, transform=axis.get_xaxis_transform(), colors=colors[label], ls=":", lw=1.2)
@@ -249,7 +249,7 @@ def _quality_panel(axis: Axes, panel: TradeOff, colors: Mapping[str, str]) -> No
         if stars:
             axis.plot([x for x, _ in stars], [y for _, y in stars], "*", ls="", color=colors[label], ms=12, zorder=4)
     axis.set_ylabel(panel.metric or "", fontsize="small")
-    _speed_scale(axis, [p.speed for p in [*panel.llada, *panel.baselines]])
+    _speed_scale(axis, [p.speed for p in [*panel.diffusion, *panel.references]])
 
 
 def shape_colors(shapes: Iterable[Shape]) -> dict[Shape, str]:
@@ -263,12 +263,12 @@ def _speed_only_panel(axis: Axes, task: str, panels: Sequence[TradeOff], by_shap
     """A task without a quality measure: tokens_per_s of each strategy (one line each, AR
     last) at every shape (one colour each, moved up or down a little so that dots do not hide
     each other)."""
-    llada = sorted({p.label for panel in panels for p in panel.llada})
-    baselines = sorted({b.label for panel in panels for b in panel.baselines})
-    position = {label: i for i, label in enumerate([*llada, *baselines])}
+    diffusion = sorted({p.label for panel in panels for p in panel.diffusion})
+    references = sorted({b.label for panel in panels for b in panel.references})
+    position = {label: i for i, label in enumerate([*diffusion, *references])}
     step = min(0.12, 0.7 / max(1, len(panels)))
     for index, panel in enumerate(panels):
-        points = [*panel.llada, *panel.baselines]
+        points = [*panel.diffusion, *panel.references]
         offset = (index - (len(panels) - 1) / 2) * step
         axis.scatter(
             [p.speed for p in points],
@@ -279,7 +279,7 @@ def _speed_only_panel(axis: Axes, task: str, panels: Sequence[TradeOff], by_shap
         )
     axis.set_yticks(list(position.values()), list(position), fontsize="small")
     axis.set_ylim(len(position) - 0.5, -0.5)
-    _speed_scale(axis, [p.speed for panel in panels for p in [*panel.llada, *panel.baselines]])
+    _speed_scale(axis, [p.speed for panel in panels for p in [*panel.diffusion, *panel.references]])
     axis.set_title(f"{task}: no quality measure", fontsize="medium")
 
 
@@ -293,17 +293,20 @@ def trade_off_figure(panels: Sequence[TradeOff], colors: Mapping[str, str]) -> b
         if not panel.metric:
             speed_only.setdefault(panel.task, []).append(panel)
     by_shape = shape_colors(panel.shape for group in speed_only.values() for panel in group)
-    ar_points = any(p.quality is not None for panel in scored for p in panel.baselines)
-    shown = _legend_labels((p.label for panel in scored for p in [*panel.llada, *panel.baselines]), ar_points=ar_points)
+    ar_points = any(p.quality is not None for panel in scored for p in panel.references)
+    labels = (p.label for panel in scored for p in [*panel.diffusion, *panel.references])
+    shown = _legend_labels(labels, ar_points=ar_points)
     extra = []
     if scored:
         extra.append(Line2D([], [], marker="o", ls="--", color=FRONT_COLOR, mfc="none", label="Pareto front"))
-    if any(p.quality is None for panel in scored for p in panel.baselines):
+    if any(p.quality is None for panel in scored for p in panel.references):
         extra.append(Line2D([], [], ls=":", color=AR_COLOR, label="AR tokens_per_s"))
     extra += [
         Line2D([], [], marker="o", ls="", color=color, label=shape_name(shape)) for shape, color in by_shape.items()
     ]
-    categories = [p.label for group in speed_only.values() for panel in group for p in [*panel.llada, *panel.baselines]]
+    categories = [
+        p.label for group in speed_only.values() for panel in group for p in [*panel.diffusion, *panel.references]
+    ]
     left = max(NUMERIC_LEFT_IN, text_width_in(categories) + 0.25) if categories else NUMERIC_LEFT_IN
     lines = len(set(categories))
     height = max(PANEL_HEIGHT_IN, BAR_HEIGHT_IN * 1.4 * lines)
@@ -358,8 +361,8 @@ def _speedup_panel(axis: Axes, items: Sequence[Speedup], colors: Mapping[str, st
 
 
 def speedup_figure(items: Sequence[Speedup], colors: Mapping[str, str]) -> bytes:
-    """One panel per task, prompt length and generation length: each LLaDA setting's speedup
-    over AR against batch size, with the 1x line and the region where LLaDA loses shaded.
+    """One panel per task, prompt length and generation length: each diffusion setting's
+    speedup over AR against batch size, with the 1x line and the region where it loses shaded.
     With several AR models, each has its own line style."""
     groups: dict[tuple[str, int | None, int | None], list[Speedup]] = {}
     for item in items:
@@ -390,8 +393,8 @@ def speedup_figure(items: Sequence[Speedup], colors: Mapping[str, str]) -> bytes
 
 
 def _latency_panel(axis: Axes, items: Sequence[Cost], colors: Mapping[str, str]) -> None:
-    for kind_is_llada, marker, scale in ((True, "o", 1.0), (False, "*", 2.2)):
-        chosen = [item for item in items if (item.kind == LLADA) == kind_is_llada]
+    for diffusion, marker, scale in ((True, "o", 1.0), (False, "*", 2.2)):
+        chosen = [item for item in items if is_diffusion(item.kind) == diffusion]
         if chosen:
             axis.scatter(
                 np.array([item.nfe for item in chosen]),

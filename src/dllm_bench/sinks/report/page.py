@@ -64,7 +64,7 @@ TABLE_COLUMNS = (
     "error",
 )
 DERIVED_DOCS = {
-    STRATEGY: "derived: the LLaDA decoding settings as case ids write them; AR for the baseline",
+    STRATEGY: "derived: a diffusion model's decoding settings as case ids write them; AR for an autoregressive model",
     SPEEDUP: (
         "derived: tokens_per_s over the AR case's of the same task, task_options, prompt_length, gen_length, "
         "batch_size and seed"
@@ -323,27 +323,27 @@ def missing_columns_html(missing: Mapping[str, Sequence[str]]) -> str:
 
 
 def _front_text(panel: TradeOff) -> str:
-    front = sorted((p for p in panel.llada if p.on_front), key=lambda p: p.speed)
+    front = sorted((p for p in panel.diffusion if p.on_front), key=lambda p: p.speed)
     return ", ".join(f"{esc(p.label)} ({format_significant(p.speed)} tokens/s)" for p in front)
 
 
 def trade_off_html(panels: Sequence[TradeOff], image: Image | None) -> str:
     parts = ['<h2 id="trade-off">1. Speed against quality</h2>']
     if not panels:
-        return "".join([*parts, note("No ok LLaDA case with a tokens_per_s value: nothing to plot.")])
+        return "".join([*parts, note("No ok diffusion case with a tokens_per_s value: nothing to plot.")])
     metrics = {panel.task: panel.metric for panel in panels}
     lines = []
     for task, metric in metrics.items():
         if metric is None:
             lines.append(
                 f"<li><b>{esc(task)}</b>: no quality measure yet (no accuracy or agreement_exact values); "
-                "its panel shows the tokens_per_s of each strategy and of the AR baseline, one colour per "
+                "its panel shows the tokens_per_s of each strategy and of the AR model, one colour per "
                 "shape.</li>"
             )
         else:
             lines.append(
                 f"<li><b>{esc(task)}</b>: tokens_per_s against <code>{esc(metric)}</code>; the Pareto front "
-                "(no other strategy is both faster and better) is circled and dashed; the AR baseline is a star "
+                "(no other strategy is both faster and better) is circled and dashed; the AR model is a star "
                 "(dotted line where it has no value of the measure).</li>"
             )
     parts.append(f"<ul>{''.join(lines)}</ul>")
@@ -366,7 +366,7 @@ def _speedup_table(items: Sequence[Speedup]) -> str:
     for i in items:
         ratios.setdefault((i.setting, i.task, i.shape), []).append(i.ratio)
     tip = "speedup vs AR; the median where several prompt seeds (or task options) give several pairs"
-    headers = [("setting", "the LLaDA strategy"), *((f"{t} {shape_name(s)}", tip) for t, s in columns)]
+    headers = [("setting", "the diffusion strategy"), *((f"{t} {shape_name(s)}", tip) for t, s in columns)]
     body = []
     for setting in settings:
         cells = [f"<td>{esc(setting)}</td>"]
@@ -383,16 +383,16 @@ def speedup_html(
     parts = ['<h2 id="speedup">2. Speedup against AR</h2>']
     if not items:
         parts.append(
-            note("No LLaDA case has an ok AR (baseline kind) case of the same task and shape to compare with.")
+            note("No diffusion case has an ok AR (autoregressive) case of the same task and shape to compare with.")
         )
     else:
         losing = [i for i in items if i.llada_loses]
         best = max(items, key=lambda i: i.ratio)
         parts.append(
             note(
-                "tokens_per_s of each LLaDA case over the AR case of the same task, task options, prompt_length, "
+                "tokens_per_s of each diffusion case over the AR case of the same task, task options, prompt_length, "
                 "gen_length, batch_size and prompt seed. "
-                f"LLaDA is slower than AR in <b>{len(losing)} of {len(items)}</b> pairs; "
+                f"The diffusion model is slower than AR in <b>{len(losing)} of {len(items)}</b> pairs; "
                 f"the best is {esc(best.setting)} at {esc(best.task)} {esc(shape_name(best.shape))}: "
                 f"{esc(format_ratio(best.ratio))}."
             )
@@ -417,7 +417,7 @@ def cost_html(image: Image | None) -> str:
         parts.append(
             note(
                 "Each forward pass costs about the same at one shape, so latency follows nfe; parallel decoding "
-                "(threshold, factor) lowers nfe and raises tokens_per_forward (gen_length / nfe). The AR baseline "
+                "(threshold, factor) lowers nfe and raises tokens_per_forward (gen_length / nfe). An AR model "
                 "makes one forward pass per token."
             )
         )

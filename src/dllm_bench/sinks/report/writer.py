@@ -97,7 +97,7 @@ class _Report:
         image = (
             self._image(
                 "speedup.png",
-                "speedup of each LLaDA setting over AR by batch size and generation length",
+                "speedup of each diffusion setting over AR by batch size and generation length",
                 lambda: figures.speedup_figure(items, self.colors),
             )
             if items
