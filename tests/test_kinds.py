@@ -161,7 +161,7 @@ def test_a_second_diffusion_kind_is_not_drawn_as_ar(other_kind: KindSpec) -> Non
     assert [p.case_id for p in panel.diffusion] == [rows[0].case_id]
     assert [(p.case_id, p.label) for p in panel.references] == [(rows[1].case_id, "AR")]
     (pair,) = data.speedups(rows)
-    assert (pair.llada_case, pair.baseline_case, pair.ratio) == (rows[0].case_id, rows[1].case_id, 2.0)
+    assert (pair.diffusion_case, pair.reference_case, pair.ratio) == (rows[0].case_id, rows[1].case_id, 2.0)
     spreads = data.tokens_per_forward_by_strategy(rows)
     assert [s.label for s in spreads] == ["s8-k32", "AR"]
 

@@ -396,14 +396,14 @@ def test_speedup_pairs_each_llada_case_with_the_ar_case_of_the_same_task_and_sha
         ar(4, tokens_per_s=400.0),  # no LLaDA case at b4
         ar(1, tokens_per_s=25.0, task="copy"),
     ]
-    pairs = {(s.llada_case, s.baseline_case): s.ratio for s in data.speedups(rows)}
+    pairs = {(s.diffusion_case, s.reference_case): s.ratio for s in data.speedups(rows)}
     assert pairs == {
         ("tiny-llada-p32-g64-b1-s16-k32", "tiny-llama-p32-g64-b1"): 2.0,
         ("tiny-llada-p32-g64-b2-s16-k32", "tiny-llama-p32-g64-b2"): 0.5,
         ("tiny-llada-p32-g64-b1-copy-s16-k32", "tiny-llama-p32-g64-b1-copy"): 4.0,
     }
-    assert [s.llada_loses for s in data.speedups(rows)] == [False, True, False]
-    assert data.shapes_without_baseline(rows) == [("random", (32, 128, 1))]
+    assert [s.diffusion_loses for s in data.speedups(rows)] == [False, True, False]
+    assert data.shapes_without_ar(rows) == [("random", (32, 128, 1))]
 
 
 def test_speedup_ignores_failed_cases_and_names_the_ar_model_when_there_are_several() -> None:
@@ -414,7 +414,7 @@ def test_speedup_ignores_failed_cases_and_names_the_ar_model_when_there_are_seve
     ]
     failed = [rows[0], dataclasses.replace(rows[1], status="error"), ar(1, model="x", tokens_per_s=0.0)]
     assert data.speedups(failed) == []
-    assert data.shapes_without_baseline(failed) == [("random", (32, 64, 1))]
+    assert data.shapes_without_ar(failed) == [("random", (32, 64, 1))]
 
 
 def test_rows_without_a_task_pair_with_random_task_rows() -> None:
@@ -747,16 +747,16 @@ def test_a_2000_row_run_pairs_each_llada_seed_with_the_ar_case_of_that_seed_only
     assert len(run.rows) == 2000
     items = data.speedups(run.rows)
     assert len(items) == 1000
-    assert all(item.llada_case.rsplit("-", 1)[1] == item.baseline_case.rsplit("-", 1)[1] for item in items)
-    assert data.shapes_without_baseline(run.rows) == []
+    assert all(item.diffusion_case.rsplit("-", 1)[1] == item.reference_case.rsplit("-", 1)[1] for item in items)
+    assert data.shapes_without_ar(run.rows) == []
 
 
 def test_a_llada_case_without_an_ar_case_of_its_seed_is_not_paired_and_is_listed() -> None:
     rows = [*seeded_copies(llada(1), range(2)), *seeded_copies(ar(1), range(1))]
-    assert [(s.llada_case, s.baseline_case) for s in data.speedups(rows)] == [
+    assert [(s.diffusion_case, s.reference_case) for s in data.speedups(rows)] == [
         ("tiny-llada-p32-g64-b1-s16-k32-seed0", "tiny-llama-p32-g64-b1-seed0")
     ]
-    assert data.shapes_without_baseline(rows) == [("random", (32, 64, 1))]
+    assert data.shapes_without_ar(rows) == [("random", (32, 64, 1))]
     # Other task options are other prompts: no pair either.
     assert data.speedups([llada(1, task_options='{"n": 4}'), ar(1)]) == []
 

@@ -272,21 +272,21 @@ def trade_offs(rows: Sequence[Row]) -> list[TradeOff]:
 
 @dataclass(frozen=True)
 class Speedup:
-    """A LLaDA case's tokens_per_s over the AR case's of the same `pair_key` (task and its
+    """A diffusion case's tokens_per_s over the AR case's of the same `pair_key` (task and its
     options, shape, seed); `task` and `shape` are the pair's. `label` is the
-    LLaDA series label; `setting` adds the AR model's name when the run has several."""
+    diffusion series label; `setting` adds the AR model's name when the run has several."""
 
     label: str
     setting: str
-    llada_case: str
-    baseline_case: str
-    baseline_model: str
+    diffusion_case: str
+    reference_case: str
+    reference_model: str
     task: str
     shape: Shape
     ratio: float
 
     @property
-    def llada_loses(self) -> bool:
+    def diffusion_loses(self) -> bool:
         return self.ratio < 1.0
 
 
@@ -305,13 +305,13 @@ class Pairing:
     list of shapes without an AR case."""
 
     speedups: list[Speedup]
-    without_baseline: list[tuple[str, Shape]]
+    without_ar: list[tuple[str, Shape]]
 
     def by_case(self) -> dict[str, float]:
         """Each diffusion case's speedup over AR; with several AR models, the one of the first."""
         result: dict[str, float] = {}
         for item in self.speedups:
-            result.setdefault(item.llada_case, item.ratio)
+            result.setdefault(item.diffusion_case, item.ratio)
         return result
 
 
@@ -321,35 +321,35 @@ def pair_with_ar(rows: Sequence[Row]) -> Pairing:
     Rows without a positive tokens_per_s are left out. With several AR models the setting names
     the AR model it is compared with. Linear in the rows: each row is looked up once by its key."""
     labeller = Labeller.for_rows(rows)
-    baselines: dict[PairKey, list[tuple[Row, float]]] = {}
+    references: dict[PairKey, list[tuple[Row, float]]] = {}
     diffusion: list[tuple[Row, float | None]] = []
     for row in ok_rows(rows):
         speed = positive(row, "tokens_per_s")
         if is_autoregressive(row.kind) and speed is not None:
-            baselines.setdefault(pair_key(row), []).append((row, speed))
+            references.setdefault(pair_key(row), []).append((row, speed))
         elif is_diffusion(row.kind):
             diffusion.append((row, speed))
     result: list[Speedup] = []
     missing: set[tuple[str, Shape]] = set()
     for row, speed in diffusion:
-        partners = baselines.get(pair_key(row), [])
+        partners = references.get(pair_key(row), [])
         if not partners:
             missing.add(_group_key(row))
         if speed is None or not partners:
             continue
         label = labeller.label(row)
         task, shape = _group_key(row)
-        for baseline, baseline_speed in partners:
+        for reference, reference_speed in partners:
             result.append(
                 Speedup(
                     label=label,
-                    setting=f"{label} vs {baseline.model}" if labeller.several_references else label,
-                    llada_case=row.case_id,
-                    baseline_case=baseline.case_id,
-                    baseline_model=baseline.model or "",
+                    setting=f"{label} vs {reference.model}" if labeller.several_references else label,
+                    diffusion_case=row.case_id,
+                    reference_case=reference.case_id,
+                    reference_model=reference.model or "",
                     task=task,
                     shape=shape,
-                    ratio=speed / baseline_speed,
+                    ratio=speed / reference_speed,
                 )
             )
     return Pairing(result, sorted(missing, key=_sort_key))
@@ -360,10 +360,10 @@ def speedups(rows: Sequence[Row]) -> list[Speedup]:
     return pair_with_ar(rows).speedups
 
 
-def shapes_without_baseline(rows: Sequence[Row]) -> list[tuple[str, Shape]]:
+def shapes_without_ar(rows: Sequence[Row]) -> list[tuple[str, Shape]]:
     """Task and shape of the ok diffusion rows that have no AR case to compare with (none ok, none
     with a tokens_per_s, or none of the same task options and seed), sorted."""
-    return pair_with_ar(rows).without_baseline
+    return pair_with_ar(rows).without_ar
 
 
 # --- latency, NFE and tokens per forward ---------------------------------------------------

@@ -333,10 +333,10 @@ def _speedup_panel(axis: Axes, items: Sequence[Speedup], colors: Mapping[str, st
     by_setting: dict[str, list[Speedup]] = {}
     for item in items:
         by_setting.setdefault(item.setting, []).append(item)
-    baselines = sorted({item.baseline_model for item in items})
+    references = sorted({item.reference_model for item in items})
     for series in by_setting.values():
         series.sort(key=lambda item: item.shape[2] or 0)
-        style = LINE_STYLES[baselines.index(series[0].baseline_model) % len(LINE_STYLES)]
+        style = LINE_STYLES[references.index(series[0].reference_model) % len(LINE_STYLES)]
         axis.plot(
             [position[s.shape[2] or 0] for s in series],
             [s.ratio for s in series],
@@ -368,13 +368,13 @@ def speedup_figure(items: Sequence[Speedup], colors: Mapping[str, str]) -> bytes
     for item in items:
         groups.setdefault((item.task, item.shape[0], item.shape[1]), []).append(item)
     keys = sorted(groups, key=lambda k: (k[0], k[1] or 0, k[2] or 0))
-    baselines = sorted({item.baseline_model for item in items})
+    references = sorted({item.reference_model for item in items})
     extra = (
         [
             Line2D([], [], ls=LINE_STYLES[i % len(LINE_STYLES)], color=AR_COLOR, label=f"vs {name}")
-            for i, name in enumerate(baselines)
+            for i, name in enumerate(references)
         ]
-        if len(baselines) > 1
+        if len(references) > 1
         else []
     )
     shown = _legend_labels(item.label for item in items)

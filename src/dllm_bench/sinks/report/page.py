@@ -386,7 +386,7 @@ def speedup_html(
             note("No diffusion case has an ok AR (autoregressive) case of the same task and shape to compare with.")
         )
     else:
-        losing = [i for i in items if i.llada_loses]
+        losing = [i for i in items if i.diffusion_loses]
         best = max(items, key=lambda i: i.ratio)
         parts.append(
             note(
@@ -402,7 +402,9 @@ def speedup_html(
         parts.append(_speedup_table(items))
     if missing:
         names = ", ".join(f"{esc(task)} {esc(shape_name(shape))}" for task, shape in missing)
-        parts.append(note(f"Some LLaDA cases have no ok AR case of the same task options and prompt seed at: {names}."))
+        parts.append(
+            note(f"Some diffusion cases have no ok AR case of the same task options and prompt seed at: {names}.")
+        )
     return "\n".join(parts)
 
 

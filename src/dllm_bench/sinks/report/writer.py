@@ -103,7 +103,7 @@ class _Report:
             if items
             else None
         )
-        return page.speedup_html(items, self.pairing.without_baseline, image)
+        return page.speedup_html(items, self.pairing.without_ar, image)
 
     def cost(self) -> str:
         items = data.costs(self.rows)
