@@ -69,7 +69,17 @@ from dllm_bench.sinks.csvfiles import (
     write_rows_atomic,
 )
 from dllm_bench.sinks.gate import GateError, GateResult, GateRule, check_gate, load_reference, parse_gate
-from dllm_bench.sinks.manifest import MANIFEST, Counts, Manifest, final_status, utc_now, write_manifest
+from dllm_bench.sinks.manifest import (
+    MANIFEST,
+    Counts,
+    Manifest,
+    final_status,
+    release_space,
+    reserve_size,
+    reserve_space,
+    utc_now,
+    write_manifest,
+)
 from dllm_bench.sinks.quality import with_aup
 from dllm_bench.sinks.summary import aup_lines, relative_speed_lines, summary_lines
 from dllm_bench.spec import ConfigError
@@ -348,7 +358,7 @@ class RunSession:
         if self.role == "worker" or self.pytest_config.option.collectonly:
             return
         self.progress.start(count)
-        self.manifest = Manifest(
+        manifest = Manifest(
             status="running",
             config_path=str(self.config.path.resolve()),
             config=dict(self.config.raw),
@@ -361,9 +371,14 @@ class RunSession:
         )
         (self.output_dir / STOP_FILE).unlink(missing_ok=True)
         try:
-            write_manifest(self.output_dir, self.manifest)
+            # The reserve first: a run refused here leaves no manifest saying 'running'.
+            gate_pairs = count * len(self.gate.rules) if self.gate is not None else 0
+            reserve_space(self.output_dir, reserve_size(manifest, gate_pairs))
+            write_manifest(self.output_dir, manifest)
         except StorageError as exc:
+            release_space(self.output_dir)
             raise UsageProblem(f"{exc}; free space or pass another --output-dir") from None
+        self.manifest = manifest  # from now on the session finishes it
         LOG.info(
             "config %s: %d cases in the grid, %d to run; results go to %s",
             self.config.path,
@@ -509,8 +524,10 @@ class RunSession:
             self._apply_gate(rows)
             if not self.gate.passed:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        self._write_manifest(exitstatus)
-        self._write_report()
+        self._settle_manifest(exitstatus)
+        if self._write_report() is not None:
+            self._settle_manifest(exitstatus)  # the report's storage error is the run's reason
+        self._write_manifest()
         self.log_signal_notes()
         if self.storage_error and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -543,11 +560,11 @@ class RunSession:
         for line in self.gate_lines():
             (LOG.error if "FAILED" in line else LOG.info)(line)
 
-    def _write_report(self) -> None:
+    def _write_report(self) -> str | None:
         """report.html and its figures (unless --no-report). Bad data never fails the run;
-        a report that cannot be written is logged."""
+        a report that cannot be written is a storage error (returned): the run fails."""
         if not self.options.report or self.manifest is None or self.storage_error:
-            return
+            return None
         # Imported here, not at the top: the report draws with matplotlib (about half a second
         # to import), which a run with --no-report should not pay.
         report = importlib.import_module("dllm_bench.sinks.report")
@@ -563,11 +580,14 @@ class RunSession:
                 partial=self.manifest.status == "interrupted" or self.counts.not_run > 0,
             )
         except StorageError as exc:
+            self.storage_error = str(exc)
             LOG.error("%s; the report was not written", exc)
-            return
+            return self.storage_error
         LOG.info("report: %s", page)
+        return None
 
-    def _write_manifest(self, exitstatus: int) -> None:
+    def _settle_manifest(self, exitstatus: int) -> None:
+        """The manifest's final fields, in memory (the report shows them before it is written)."""
         manifest = self.manifest
         assert manifest is not None
         self.counts.settle()
@@ -586,9 +606,16 @@ class RunSession:
             manifest.gate = self.gate.result.record(
                 self.gate.rules, self.gate.reference_path, allow_missing=self.gate.allow_missing
             )
+
+    def _write_manifest(self) -> None:
+        """The final manifest, into the space the reserve held until now (nothing is logged
+        between the release and the write: the log is on the same disk)."""
+        assert self.manifest is not None
+        release_space(self.output_dir)
         try:
-            write_manifest(self.output_dir, manifest)
+            write_manifest(self.output_dir, self.manifest)
         except StorageError as exc:
+            self.storage_error = self.storage_error or str(exc)
             left = "the manifest still says 'running'" if (self.output_dir / MANIFEST).exists() else "no manifest"
             LOG.error("%s; %s", exc, left)
 
@@ -665,6 +692,8 @@ class RunSession:
     # --- end -----------------------------------------------------------------------------
 
     def release(self) -> None:
+        if self.manifest is not None and self.role != "worker":
+            release_space(self.output_dir)
         if self.lock is not None:
             self.lock.release()
             self.lock = None
