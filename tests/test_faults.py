@@ -179,30 +179,43 @@ def test_a_log_file_whose_last_flush_fails_is_closed_with_the_error_returned() -
 FULL_DISK_GRID = {"prompt_length": [8, 16], "gen_length": [8], "batch_size": [1, 2, 4]}  # 18 cases
 
 
+# What a run of FULL_DISK_GRID does with so many KiB free at its start: exit code, and
+# whether it stopped before all 18 rows were in the partial file.
+FULL_DISK_OUTCOMES = {
+    6: pytest.ExitCode.USAGE_ERROR,  # the manifest and its reserve do not fit: nothing runs
+    20: pytest.ExitCode.TESTS_FAILED,  # stops at the first row
+    28: pytest.ExitCode.TESTS_FAILED,  # stops after some rows
+}
+
+
 @needs_root
-@pytest.mark.parametrize("free_kib", [6, 12, 20], ids=lambda k: f"{k}KiB-free")
+@pytest.mark.parametrize("free_kib", list(FULL_DISK_OUTCOMES), ids=lambda k: f"{k}KiB-free")
 def test_a_full_disk_stops_cleanly_and_resume_completes(
     project: Path, tmp_path_factory: pytest.TempPathFactory, free_kib: int
 ) -> None:
-    """18 rows, the log and the manifest need about 40 KiB of 4 KiB tmpfs pages: with 6 KiB
-    free the run cannot start, with 12 or 20 KiB it stops after some cases."""
+    """18 rows, the log, the manifest and its 8 KiB reserve need more than 28 KiB of 4 KiB
+    tmpfs pages: with 6 KiB free the run cannot start, with 20 or 28 KiB it stops before the
+    last case. The disk is large (2 MiB) so that the resume, with the filler gone, also has
+    room for the report."""
     write_config(project, tiny_config(grid=FULL_DISK_GRID))
-    with _small_disk(tmp_path_factory.mktemp("disk") / "mnt", 256) as disk:
+    with _small_disk(tmp_path_factory.mktemp("disk") / "mnt", 2048) as disk:
         filler = _fill(disk, free_kib * 1024)
         code, text = _run(project, output_dir=str(disk / "out"))
         out = disk / "out"
         assert "INTERNALERROR" not in text and "Traceback" not in text, text[-3000:]
-        assert code in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.USAGE_ERROR), text[-3000:]
-        saved = rows(out / PARTIAL) if (out / PARTIAL).exists() else []
+        assert code == FULL_DISK_OUTCOMES[free_kib], text[-3000:]
         if code == pytest.ExitCode.TESTS_FAILED:
+            saved = rows(out / PARTIAL)
             assert "disk full" in text
             assert "resume with: pytest" in text
             lines = (out / PARTIAL).read_bytes().split(b"\n")
             assert lines[-1] == b"", "no torn line left behind by a failed append"
-            assert len(saved) <= 18  # all 18 rows fit in the partial file when the final file does not
+            assert len(saved) < 18, "the disk filled up before the last row"
             assert text.rstrip().splitlines()[-1].startswith("dllm-bench: RESULTS NOT FULLY SAVED"), text[-2000:]
+            assert manifest(out)["status"] == "failed"
         else:
-            assert "disk full" in text or "not writable" in text
+            assert "disk full" in text
+            assert not (out / "run_manifest.json").exists(), "a run that never started leaves no manifest"
         filler.unlink()
         code, text = _run(project, "--resume", output_dir=str(out))
         assert code == 0, text[-3000:]
@@ -413,3 +426,41 @@ def test_formula_like_text_is_escaped_in_the_csv_and_read_back_as_written(tmp_pa
     negative = tmp_path / "n.csv"
     append_row(negative, Row(case_id="n", tpot_s=-0.5))
     assert "-0.500000" in negative.read_text(), "numbers are not escaped"
+
+
+SHIPPED_LLADA_GRID = {
+    "models": [{"name": "tasks-llada", "kind": "llada", "source": "trained:tasks-llada", "device": "cpu"}],
+    "grid": {"task": "random", "prompt_length": [11], "gen_length": [12], "batch_size": [1, 2]},
+    "llada": {"steps": [12], "block_length": [12]},
+    "warmup_rounds": 0,
+    "measured_rounds": 1,
+}
+
+
+@needs_root
+@pytest.mark.parametrize("free_kib", [20, 40], ids=lambda k: f"{k}KiB-free")
+def test_a_final_output_the_disk_cannot_take_fails_the_run_and_the_manifest_is_final(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, free_kib: int
+) -> None:
+    """Issue 22: with 20 KiB free the final manifest did not fit (it kept 'running', exit 0);
+    with 40 KiB the report did not (exit 0). Now the reserve holds the manifest's room, and
+    any final file that cannot be written fails the run with the closing line."""
+    write_config(project, SHIPPED_LLADA_GRID)
+    with _small_disk(tmp_path_factory.mktemp("disk") / "mnt", 200) as disk:
+        filler = _fill(disk, free_kib * 1024)
+        out = disk / "out"
+        code, text = _run(project, output_dir=str(out))
+        assert "INTERNALERROR" not in text and "Traceback" not in text, text[-3000:]
+        assert code == pytest.ExitCode.TESTS_FAILED, text[-3000:]
+        last_line = text.rstrip().splitlines()[-1]
+        assert last_line.startswith("dllm-bench: RESULTS NOT FULLY SAVED: cannot write"), text[-2000:]
+        final = manifest(out)
+        assert final["status"] == "failed"
+        assert final["reason"].startswith(f"cannot write {out}") and final["reason"].endswith("disk full")
+        assert not (out / ".dllm-bench-reserve").exists()
+        filler.unlink()
+        code, text = _run(project, "--resume", output_dir=str(out))
+        assert code == 0, text[-3000:]
+        assert len(rows(out / FINAL)) == 2
+        assert manifest(out)["status"] == "complete"
+        assert (out / "report.html").is_file()

@@ -228,9 +228,9 @@ SIGINT_AFTER_ROW_CONFTEST = """
 import pathlib
 import signal
 
-import dllm_bench.session
+import dllm_bench.recorder
 
-_append_row = dllm_bench.session.append_row
+_append_row = dllm_bench.recorder.append_row
 _written = []
 
 
@@ -243,7 +243,7 @@ def _append_then_interrupt(path, row):
         signal.raise_signal(signal.SIGINT)
 
 
-dllm_bench.session.append_row = _append_then_interrupt
+dllm_bench.recorder.append_row = _append_then_interrupt
 """
 
 

@@ -284,3 +284,67 @@ def check_gate(rows: Iterable[Row], reference_rows: Iterable[Row], rules: Sequen
             if failure is not None:
                 failures.append(failure)
     return GateResult(failures=failures, compared=compared, unmatched=unmatched, incomparable=incomparable)
+
+
+@dataclass
+class Gate:
+    """A run's gate: its rules, the reference run, and once applied its result and wording."""
+
+    rules: list[GateRule]
+    reference_path: Path
+    reference_rows: list[Row]
+    allow_missing: bool
+    result: GateResult | None = None
+
+    @classmethod
+    def from_options(cls, gates: Sequence[str], reference: Path | None, allow_missing: bool) -> Gate | None:
+        """The gate the options ask for (None without --gate); raises GateError."""
+        if not gates:
+            if reference is not None:
+                raise GateError("--gate-reference without --gate: add a rule such as --gate tokens_per_s:-10%")
+            return None
+        if reference is None:
+            raise GateError("--gate needs --gate-reference PATH (a raw_metrics.csv or a run directory)")
+        rules = [parse_gate(spec) for spec in gates]
+        return cls(rules, reference, load_reference(reference), allow_missing)
+
+    @property
+    def passed(self) -> bool:
+        return self.result is not None and self.result.passed(allow_missing=self.allow_missing)
+
+    def apply(self, rows: Sequence[Row]) -> None:
+        """Compare the rows with the reference."""
+        self.result = check_gate(rows, self.reference_rows, self.rules)
+
+    def lines(self) -> list[str]:
+        if self.result is None:
+            return []
+        return self.result.lines(allow_missing=self.allow_missing)
+
+    def record(self) -> GateRecord | None:
+        if self.result is None:
+            return None
+        return self.result.record(self.rules, self.reference_path, allow_missing=self.allow_missing)
+
+    def failure(self) -> tuple[str, str] | None:
+        """("gate" or "gate failed", what) when the gate failed the run: a problem that kept
+        it from counting as a check, else the regressed pairs; None without a failed gate."""
+        if self.result is None or self.passed:
+            return None
+        problem = self.result.problem(allow_missing=self.allow_missing)
+        if problem:
+            return "gate", problem
+        metrics = ", ".join(sorted({f.metric for f in self.result.failures}))
+        return "gate failed", f"{len(self.result.failures)} case/metric pairs regressed ({metrics})"
+
+    def reason(self) -> str:
+        """Why the gate failed the run ("" when it passed or was not applied)."""
+        failure = self.failure()
+        return "" if failure is None else f"{failure[0]}: {failure[1]}"
+
+    def closing_line(self) -> str | None:
+        """The last line of the terminal output when the gate failed the run."""
+        failure = self.failure()
+        if failure is None:
+            return None
+        return f"dllm-bench: GATE FAILED against {self.reference_path}: {failure[1]}; exit code 1"

@@ -6,15 +6,22 @@ planned = ok + failed + skipped + not_run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dllm_bench.sinks.atomic import write_text_atomic
+from dllm_bench.sinks.atomic import storage_error, write_all, write_text_atomic
 
 MANIFEST = "run_manifest.json"
+# Space held on the output disk from the running manifest to the final one (see reserve_space).
+RESERVE = ".dllm-bench-reserve"
+RESERVE_MIN_BYTES = 8192
+RESERVE_BLOCK = 4096
+
 
 class ManifestError(RuntimeError):
     """A manifest that cannot be read; the message names the file."""
@@ -83,6 +90,45 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = directory / MANIFEST
     write_text_atomic(path, manifest.to_json())
     return path
+
+
+# What one case/metric pair can add to the gate record (a failure entry, indented JSON).
+GATE_PAIR_BYTES = 320
+
+
+def reserve_size(manifest: Manifest, gate_pairs: int = 0) -> int:
+    """Room for the final manifest's temporary file: twice the running manifest (the end
+    time, the reason) plus GATE_PAIR_BYTES per case/metric pair the gate may report, at least
+    RESERVE_MIN_BYTES, in whole 4 KiB blocks."""
+    wanted = 2 * len(manifest.to_json().encode("utf-8")) + gate_pairs * GATE_PAIR_BYTES
+    wanted = max(RESERVE_MIN_BYTES, wanted)
+    return -(-wanted // RESERVE_BLOCK) * RESERVE_BLOCK
+
+
+def reserve_space(directory: Path, size: int) -> None:
+    """Hold `size` bytes of the output disk in the file RESERVE until `release_space`, so
+    that the final manifest finds room even when the rows filled the disk. The bytes are
+    random, so a compressing file system stores them in full. An earlier run's reserve (a
+    killed run) is reused. Raises StorageError."""
+    path = directory / RESERVE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            write_all(fd, os.urandom(size))
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise storage_error(path, exc) from exc
+
+
+def release_space(directory: Path) -> None:
+    """Give the reserve's space back to the disk (just before the final manifest is written)."""
+    # A reserve that cannot be removed keeps its space; the manifest write then says what failed.
+    with contextlib.suppress(OSError):
+        (directory / RESERVE).unlink(missing_ok=True)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
