@@ -8,10 +8,10 @@ empty, so they must fail) and on rows with known defects.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -258,15 +258,22 @@ def test_the_oom_grid_is_a_valid_config_with_the_oversized_batch_first(tmp_path:
 
 @pytest.mark.slow
 def test_a_suite_run_past_the_budget_is_killed_and_fails_its_item(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "hang_at_start.py").write_text("import time\n\ntime.sleep(120)\n", encoding="utf-8")
+    hanging, woke = tmp_path / "hanging", tmp_path / "woke"
+    (plugins / "hang_at_start.py").write_text(
+        f"import pathlib\nimport time\n\npathlib.Path({str(hanging)!r}).touch()\ntime.sleep(120)\n"
+        f"pathlib.Path({str(woke)!r}).touch()\n",
+        encoding="utf-8",
+    )
     monkeypatch.setenv("PYTHONPATH", str(plugins))
-    started = time.monotonic()
-    run = gpu_check.run_suite(REPO, tmp_path, "hung", cpu_config(), ["-p", "hang_at_start"], Budget(0))
+    with caplog.at_level(logging.ERROR):
+        run = gpu_check.run_suite(REPO, tmp_path, "hung", cpu_config(), ["-p", "hang_at_start"], Budget(0))
     assert run.exit_code is None
-    assert time.monotonic() - started < 60  # killed at the limit (1 s), not after the 120 s sleep
+    # Killed at the limit (1 s) while the plugin slept: the sleep never ended.
+    assert any("ran past 1 s: killing its process group" in r.getMessage() for r in caplog.records), caplog.text
+    assert hanging.exists() and not woke.exists()
     assert gpu_check.cache_item(run).outcome == FAIL
     assert "time limit" in gpu_check.cache_item(run).detail
