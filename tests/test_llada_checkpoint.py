@@ -43,9 +43,7 @@ def source_model(seed: int = 0) -> LLaDAModelLM:
 
 
 def write_checkpoint(
-    folder: Path,
-    model: LLaDAModelLM,
-    config: dict[str, Any] | None = None,
+    folder: Path, model: LLaDAModelLM, config: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """A folder in the GSAI-ML layout: config.json with every published key, model.safetensors, remote code."""
@@ -131,9 +129,8 @@ def test_unsupported_config_values_are_refused(tmp_path: Path, key: str, value: 
 
 def test_norm_bias_from_include_bias_is_refused(tmp_path: Path) -> None:
     # The hub code gives every norm a bias when bias_for_layer_norm is null and include_bias is set.
-    folder = write_checkpoint(
-        tmp_path / "ckpt", source_model(), published_layout(bias_for_layer_norm=None, include_bias=True)
-    )
+    folder = write_checkpoint(tmp_path / "ckpt", source_model(),
+                              published_layout(bias_for_layer_norm=None, include_bias=True))
     with pytest.raises(CheckpointError, match="bias_for_layer_norm=true"):
         load_llada_config(folder)
 

@@ -122,21 +122,13 @@ def make_prompt(batch: int, padded: bool, seed: int = 1, length: int = 6) -> tup
 
 
 def _literal_forward(
-    model: nn.Module,
-    x: torch.Tensor,
-    mask: torch.Tensor | None,
-    cache: str,
-    kv: Any,
-    start: int,
-    end: int,
-    cfg: bool,
+    model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, cache: str, kv: Any, start: int, end: int, cfg: bool,
     prompt_len: int,
 ) -> tuple[dict[int, torch.Tensor], Any]:
     """The logits (B', V) of each block position that is masked in some row, and the cache after the call.
 
     With a cache the LM head is asked for exactly those positions.
     """
-
     def doubled(t: torch.Tensor) -> torch.Tensor:
         return torch.cat([t, t], dim=0) if cfg else t
 
@@ -151,32 +143,20 @@ def _literal_forward(
         if cache == "none":
             logits = model(canvas, attention_mask=model_mask).logits
             return {w: logits[:, start + w] for w in needed}, None
-        out = model(
-            canvas, attention_mask=model_mask, use_cache=True, logits_to_keep=torch.tensor([start + w for w in needed])
-        )
+        out = model(canvas, attention_mask=model_mask, use_cache=True,
+                    logits_to_keep=torch.tensor([start + w for w in needed]))
         kv = out.past_key_values
     elif cache == "prefix":
-        out = model(
-            doubled(x[:, start:]),
-            attention_mask=model_mask,
-            past_key_values=kv,
-            replace_position=start,
-            logits_to_keep=torch.tensor(needed),
-        )
+        out = model(doubled(x[:, start:]), attention_mask=model_mask, past_key_values=kv, replace_position=start,
+                    logits_to_keep=torch.tensor(needed))
     else:
-        out = model(
-            doubled(x[:, start:end]),
-            attention_mask=model_mask,
-            past_key_values=kv,
-            replace_position=start,
-            logits_to_keep=torch.tensor(needed),
-        )
+        out = model(doubled(x[:, start:end]), attention_mask=model_mask, past_key_values=kv, replace_position=start,
+                    logits_to_keep=torch.tensor(needed))
     return {w: out.logits[:, i] for i, w in enumerate(needed)}, kv
 
 
-def _choose(
-    ranked: list[int], confidence: dict[int, float], count: int | None, threshold: float | None, factor: float | None
-) -> list[int]:
+def _choose(ranked: list[int], confidence: dict[int, float], count: int | None, threshold: float | None,
+            factor: float | None) -> list[int]:
     """The positions a row commits, from its masked positions ranked by confidence."""
     if not ranked:
         return []
@@ -285,10 +265,7 @@ class ForwardCounter:
 
 
 def run_both(
-    prompt: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    seed: int = 1234,
-    model: nn.Module = MODEL,
+    prompt: torch.Tensor, attention_mask: torch.Tensor | None, seed: int = 1234, model: nn.Module = MODEL,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, int, torch.Tensor, list[list[int]]]:
     """(fast canvas, fast forwards, literal canvas, literal trace) from the same random stream."""
@@ -318,20 +295,18 @@ def accelerated(caches: tuple[str, ...], rules: list[str]) -> list[tuple[str, st
     ("cache", "rule", "batch", "temperature", "remasking"),
     [
         (c, r, *rest)
-        for (c, r), *rest in itertools.product(
-            accelerated(CACHE_MODES, list(RULES)), [1, 3], [0.0, 0.7], ["low_confidence", "random"]
-        )
+        for (c, r), *rest in itertools.product(accelerated(CACHE_MODES, list(RULES)), [1, 3], [0.0, 0.7],
+                                               ["low_confidence", "random"])
     ],
 )
 def test_matches_literal_implementation(cache: str, rule: str, batch: int, temperature: float, remasking: str) -> None:
     prompt, attention_mask = make_prompt(batch, padded=batch > 1)
-    kwargs = dict(
-        RULES[rule], gen_length=GEN, block_length=BLOCK, temperature=temperature, remasking=remasking, cache=cache
-    )
+    kwargs = dict(RULES[rule], gen_length=GEN, block_length=BLOCK, temperature=temperature, remasking=remasking,
+                  cache=cache)
     fast, forwards, literal, trace = run_both(prompt, attention_mask, **kwargs)
     assert torch.equal(fast, literal)
     assert forwards == len(trace)
-    assert not (fast[:, prompt.shape[1] :] == MASK_ID).any()
+    assert not (fast[:, prompt.shape[1]:] == MASK_ID).any()
     assert torch.equal(fast[:, : prompt.shape[1]], prompt)
     # No forward that cannot commit anything.
     assert all(sum(commits) > 0 for commits in trace)
@@ -349,9 +324,8 @@ def test_confidence_rules_commit_several_tokens_per_forward(cache: str, rule: st
     most = 0
     for seed in range(4):
         prompt, _ = make_prompt(1, padded=False, seed=seed)
-        fast, calls, literal, trace = run_both(
-            prompt, None, gen_length=GEN, block_length=BLOCK, cache=cache, **RULES[rule]
-        )
+        fast, calls, literal, trace = run_both(prompt, None, gen_length=GEN, block_length=BLOCK, cache=cache,
+                                              **RULES[rule])
         assert torch.equal(fast, literal)
         committed += sum(sum(c) for c in trace)
         forwards += calls
@@ -364,9 +338,8 @@ def test_confidence_rules_commit_several_tokens_per_forward(cache: str, rule: st
 @pytest.mark.parametrize("cache", CACHE_MODES)
 def test_rows_finish_blocks_at_different_steps(cache: str) -> None:
     prompt, attention_mask = make_prompt(4, padded=True, seed=3)
-    fast, forwards, literal, trace = run_both(
-        prompt, attention_mask, steps=None, gen_length=GEN, block_length=BLOCK, cache=cache, threshold=0.9
-    )
+    fast, forwards, literal, trace = run_both(prompt, attention_mask, steps=None, gen_length=GEN,
+                                              block_length=BLOCK, cache=cache, threshold=0.9)
     assert torch.equal(fast, literal)
     # Some forward had a finished row (0 commits) beside a row that still committed.
     assert any(0 in commits and max(commits) > 0 for commits in trace)
@@ -397,9 +370,8 @@ def test_modes_agree_on_a_fresh_block() -> None:
     outputs = {}
     for cache in CACHE_MODES:
         with ForwardCounter(MODEL) as counter:
-            outputs[cache] = generate(
-                MODEL, prompt, attention_mask, steps=2, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, cache=cache
-            )
+            outputs[cache] = generate(MODEL, prompt, attention_mask, steps=2, gen_length=GEN, block_length=BLOCK,
+                                      mask_id=MASK_ID, cache=cache)
         assert counter.calls == GEN // BLOCK
     assert torch.equal(outputs["prefix"], outputs["none"])
     assert torch.equal(outputs["dual"], outputs["none"])
@@ -456,13 +428,12 @@ def test_the_mask_id_is_never_committed(cache: str, rule: str) -> None:
     kwargs = dict(RULES[rule], gen_length=GEN, block_length=BLOCK, cache=cache)
     with ForwardCounter(model) as counter:
         out = generate(model, prompt, attention_mask, mask_id=MASK_ID, **kwargs)
-    assert not (out[:, prompt.shape[1] :] == MASK_ID).any()
+    assert not (out[:, prompt.shape[1]:] == MASK_ID).any()
     low, high = forward_pass_bounds(gen_length=GEN, block_length=BLOCK, **RULES[rule])
     assert low <= counter.calls <= high
     if cache == "none" and rule == "fixed2":
-        reference = generate_reference(
-            model, prompt, attention_mask, mask_id=MASK_ID, **RULES[rule], gen_length=GEN, block_length=BLOCK
-        )
+        reference = generate_reference(model, prompt, attention_mask, mask_id=MASK_ID, **RULES[rule], gen_length=GEN,
+                                       block_length=BLOCK)
         assert torch.equal(out, reference)
     else:
         literal, _ = literal_generate(model, prompt, attention_mask, **kwargs)
@@ -474,9 +445,8 @@ def test_one_step_per_block_with_a_cache(cache: str) -> None:
     # Fast-dLLM's cache loops crash here; we make one full forward per block.
     prompt, _ = make_prompt(1, padded=False)
     with ForwardCounter(MODEL) as counter:
-        out = generate(
-            MODEL, prompt, steps=GEN // BLOCK, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, cache=cache
-        )
+        out = generate(MODEL, prompt, steps=GEN // BLOCK, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID,
+                       cache=cache)
     assert counter.calls == GEN // BLOCK
     assert not (out == MASK_ID).any()
 
@@ -485,26 +455,15 @@ def test_on_forward_counts_every_forward() -> None:
     prompt, attention_mask = make_prompt(2, padded=True)
     calls: list[int] = []
     with ForwardCounter(MODEL) as counter:
-        generate(
-            MODEL,
-            prompt,
-            attention_mask,
-            steps=None,
-            gen_length=GEN,
-            block_length=BLOCK,
-            mask_id=MASK_ID,
-            cache="dual",
-            threshold=0.9,
-            on_forward=lambda: calls.append(1),
-        )
+        generate(MODEL, prompt, attention_mask, steps=None, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID,
+                 cache="dual", threshold=0.9, on_forward=lambda: calls.append(1))
     assert len(calls) == counter.calls > 0
 
 
 def test_seeded_sampling_differs_between_seeds() -> None:
     prompt, _ = make_prompt(2, padded=False)
-    kwargs = dict(
-        steps=None, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, cache="dual", threshold=0.9, temperature=1.0
-    )
+    kwargs = dict(steps=None, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, cache="dual", threshold=0.9,
+                  temperature=1.0)
     torch.manual_seed(0)
     a = generate(MODEL, prompt, **kwargs)
     torch.manual_seed(1)
@@ -595,15 +554,13 @@ def test_extreme_rules() -> None:
     prompt, _ = make_prompt(1, padded=False)
     # threshold 1: only the most confident one per forward (no probability reaches 1 in float32 here).
     with ForwardCounter(MODEL) as counter:
-        generate(
-            MODEL, prompt, steps=None, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, threshold=1.0, cache="dual"
-        )
+        generate(MODEL, prompt, steps=None, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, threshold=1.0,
+                 cache="dual")
     assert counter.calls == GEN
     # A huge factor commits every masked position of a block at its first forward.
     with ForwardCounter(MODEL) as counter:
-        generate(
-            MODEL, prompt, steps=None, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, factor=100.0, cache="prefix"
-        )
+        generate(MODEL, prompt, steps=None, gen_length=GEN, block_length=BLOCK, mask_id=MASK_ID, factor=100.0,
+                 cache="prefix")
     assert counter.calls == GEN // BLOCK
 
 
@@ -619,10 +576,7 @@ def test_defaults_are_the_signature_defaults() -> None:
     assert LLADA_DEFAULTS.cache == "none"
     assert LLADA_DEFAULTS.threshold is None and LLADA_DEFAULTS.factor is None
     assert (LLADA_DEFAULTS.remasking, LLADA_DEFAULTS.temperature, LLADA_DEFAULTS.cfg_scale) == (
-        "low_confidence",
-        0.0,
-        0.0,
-    )
+        "low_confidence", 0.0, 0.0)
     with pytest.raises(AttributeError):
         LLADA_DEFAULTS.cache = "dual"  # type: ignore[misc]
 
