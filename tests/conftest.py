@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from tqdm import tqdm
 
 # Imported here, in the outer process, on purpose: pytester's in-process runs restore
 # sys.modules after each run, and torch (which the suite's fixtures import) cannot be
-# imported a second time into one process.
-import dllm_bench.fixture  # noqa: F401
+# imported a second time into one process. The report writer (matplotlib, seconds to
+# import) is imported here too, so that each in-process run that writes a report does not
+# import it again.
+import dllm_bench.fixture
+import dllm_bench.sinks.report.writer  # noqa: F401
 from tests.helpers import BENCH_TEST_FILE
+
+# The suite turns tqdm's monitor thread off in its process (dllm_bench.progress); so do the
+# tests' own model writes here, which would otherwise start it before the first in-process
+# run and look like a thread that run left behind (see `process_state`).
+tqdm.monitor_interval = 0
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,13 +47,59 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
+def _open_descriptors() -> list[str]:
+    """This process's open descriptors and their targets, without files of the installed
+    libraries (matplotlib keeps its font files open in its own cache)."""
+    if not os.path.isdir("/proc/self/fd"):
+        return []
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir itself used, closed since
+            continue
+        if not target.startswith(sys.prefix):
+            found.append(f"{fd} -> {target}")
+    return sorted(found)
+
+
+def process_state() -> dict[str, object]:
+    """What a run of the suite changes in its process and must give back when pytest ends
+    (an in-process run shares this process): signal handlers, log handlers outside pytest's
+    own, the logging error switch, Python threads and open file descriptors."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+    return {
+        "signal handlers": {sig.name: signal.getsignal(sig) for sig in signals},
+        "log handlers": {
+            name or "root": [h for h in logging.getLogger(name).handlers if type(h).__module__ != "_pytest.logging"]
+            for name in ("", "dllm_bench")
+        },
+        "logging.raiseExceptions": logging.raiseExceptions,
+        "threads": sorted(thread.name for thread in threading.enumerate()),
+        "open descriptors": _open_descriptors(),
+    }
+
+
 @pytest.fixture
-def bench_project(pytester: pytest.Pytester, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester project with the benchmark test file, offline, using the shared model cache."""
+def bench_project(
+    pytester: pytest.Pytester, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[pytest.Pytester]:
+    """A pytester project with the benchmark test file, offline, using the shared model cache.
+
+    Its runs are in-process (`runpytest`, `runpytest_inprocess`) unless a test needs a
+    process of its own. After the test, the process must be as before: the suite's signal
+    handlers, log handlers and descriptors given back. torch's CPU thread count, which the
+    suite sets for its process on purpose, is put back here."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
     pytester.makepyfile(test_bench=BENCH_TEST_FILE)
-    return pytester
+    threads = torch.get_num_threads()
+    before = process_state()
+    yield pytester
+    torch.set_num_threads(threads)
+    after = process_state()
+    changed = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+    assert not changed, f"an in-process run left state behind in this process: {changed}"
 
 
 @pytest.fixture

@@ -61,8 +61,11 @@ BENCH_TEST_FILE = (Path(__file__).resolve().parent.parent / "benchmarks" / "test
 _SLEEP_PLUGIN = """
 import time
 
+import pytest
 import torch
 from {module} import {name} as _Model
+
+_HOOK = pytest.StashKey()
 
 
 def _sleep_after_forward(module, args, output):
@@ -70,7 +73,12 @@ def _sleep_after_forward(module, args, output):
         time.sleep({seconds})
 
 
-torch.nn.modules.module.register_module_forward_hook(_sleep_after_forward)
+def pytest_configure(config):
+    config.stash[_HOOK] = torch.nn.modules.module.register_module_forward_hook(_sleep_after_forward)
+
+
+def pytest_unconfigure(config):
+    config.stash[_HOOK].remove()
 """
 
 
@@ -79,7 +87,8 @@ def sleep_plugin(seconds: float, model_class: str = "transformers.PreTrainedMode
     returns logits) of a `model_class` model. In every run of a comparison it is a latency
     floor that host load cannot shorten, so the tiny models' milliseconds of real work, even
     many times slower under load, cannot move a run past a test's limits; a second plugin in
-    one run only is an injected slowdown."""
+    one run only is an injected slowdown. The hook is registered for the pytest run only
+    (configure to unconfigure), so the plugin can be used in an in-process run too."""
     module, name = model_class.rsplit(".", 1)
     return _SLEEP_PLUGIN.format(module=module, name=name, seconds=seconds)
 

@@ -168,7 +168,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
 def test_bad_config_is_a_usage_error_that_writes_nothing(bench_project: pytest.Pytester, index: int) -> None:
     what, mutate, key, words = BAD_CONFIGS[index]
     path = write_config(bench_project.path, _broken(mutate))
-    result = bench_project.runpytest_subprocess("--config", str(path))
+    result = bench_project.runpytest_inprocess("--config", str(path))
     assert result.ret == pytest.ExitCode.USAGE_ERROR, what
     err = result.stderr.str()
     assert f"{path}: key '{key}'" in err
@@ -179,7 +179,7 @@ def test_bad_config_is_a_usage_error_that_writes_nothing(bench_project: pytest.P
 
 @pytest.mark.slow
 def test_missing_config_file(bench_project: pytest.Pytester) -> None:
-    result = bench_project.runpytest_subprocess("--config", "nope.yaml")
+    result = bench_project.runpytest_inprocess("--config", "nope.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "nope.yaml: config file not found" in result.stderr.str()
     assert not (bench_project.path / "results").exists()

@@ -26,7 +26,7 @@ def _run_dirs(project: pytest.Pytester) -> list[Path]:
 def test_default_output_dir_gets_one_row_per_case_and_a_new_dir_per_run(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
     json_path = bench_project.path / "bench.json"
-    first = bench_project.runpytest_subprocess("--config", str(path), f"--benchmark-json={json_path}")
+    first = bench_project.runpytest_inprocess("--config", str(path), f"--benchmark-json={json_path}")
     assert first.ret == pytest.ExitCode.OK, first.stdout.str()
     first.assert_outcomes(passed=3)
     (run_dir,) = _run_dirs(bench_project)
@@ -60,7 +60,7 @@ def test_default_output_dir_gets_one_row_per_case_and_a_new_dir_per_run(bench_pr
         assert entry["stats"]["rounds"] == 2
         assert float(entry["extra_info"]["tokens_per_s"]) > 0
 
-    second = bench_project.runpytest_subprocess("--config", str(path), "-k", "s4")
+    second = bench_project.runpytest_inprocess("--config", str(path), "-k", "s4")
     assert second.ret == pytest.ExitCode.OK
     assert len(_run_dirs(bench_project)) == 2
     assert rows(run_dir / FINAL) == final
@@ -69,10 +69,10 @@ def test_default_output_dir_gets_one_row_per_case_and_a_new_dir_per_run(bench_pr
 def test_explicit_output_dir_with_results_is_refused_and_resume_suggested(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
     out = bench_project.path / "out"
-    first = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", str(out), "-k", "s4")
+    first = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", str(out), "-k", "s4")
     assert first.ret == pytest.ExitCode.OK
     before = (out / FINAL).read_bytes()
-    again = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", str(out))
+    again = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", str(out))
     assert again.ret == pytest.ExitCode.USAGE_ERROR
     assert "already holds results" in again.stderr.str()
     assert "Add --resume" in again.stderr.str()
@@ -87,7 +87,7 @@ def test_an_output_dir_that_would_surprise_is_refused(
     bench_project: pytest.Pytester, output_dir: str, words: str
 ) -> None:
     path = write_config(bench_project.path, tiny_config())
-    result = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", output_dir)
+    result = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", output_dir)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert words in result.stderr.str()
     assert not (bench_project.path / "missing-parent").exists()
@@ -98,7 +98,7 @@ def test_unwritable_output_dir_fails_before_any_model_loads(bench_project: pytes
     path = write_config(bench_project.path, tiny_config())
     blocker = bench_project.path / "a-file"
     blocker.write_text("not a directory")
-    result = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", str(blocker / "out"))
+    result = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", str(blocker / "out"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "a-file" in result.stderr.str()
     assert "loaded model" not in result.stdout.str() + result.stderr.str()
@@ -106,12 +106,12 @@ def test_unwritable_output_dir_fails_before_any_model_loads(bench_project: pytes
 
 def test_resume_of_a_finished_grid_runs_nothing_and_says_so_in_the_log(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
-    first = bench_project.runpytest_subprocess("--config", str(path))
+    first = bench_project.runpytest_inprocess("--config", str(path))
     assert first.ret == pytest.ExitCode.OK
     (run_dir,) = _run_dirs(bench_project)
     before = (run_dir / PARTIAL).read_bytes()
     # Without --output-dir, --resume takes the newest run of the same config.
-    again = bench_project.runpytest_subprocess("--config", str(path), "--resume")
+    again = bench_project.runpytest_inprocess("--config", str(path), "--resume")
     assert again.ret == pytest.ExitCode.OK
     output = again.stdout.str() + again.stderr.str()
     assert "all 3 selected cases already have ok rows" in output
@@ -149,12 +149,12 @@ def test_resume_matches_cases_by_every_parameter_and_keeps_every_row(
 ) -> None:
     raw = tiny_config()
     path = write_config(bench_project.path, raw)
-    first = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "out", "-k", "s4")
+    first = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", "out", "-k", "s4")
     assert first.ret == pytest.ExitCode.OK
     changed = copy.deepcopy(raw)
     change(changed)
     write_config(bench_project.path, changed)
-    again = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "out", "--resume")
+    again = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", "out", "--resume")
     assert again.ret == pytest.ExitCode.OK, again.stdout.str()
     # A changed parameter makes every case a new one, even with the same ids.
     again.assert_outcomes(passed=3)
@@ -178,7 +178,7 @@ def test_result_and_cache_files_respect_the_umask(bench_project: pytest.Pytester
     cache = bench_project.path / "cache"
     old = os.umask(umask)
     try:
-        result = bench_project.runpytest_subprocess(
+        result = bench_project.runpytest_inprocess(
             "--config", str(path), "--output-dir", "out", "-k", "s4", "--model-cache-dir", str(cache)
         )
     finally:
@@ -196,7 +196,7 @@ def test_result_and_cache_files_respect_the_umask(bench_project: pytest.Pytester
 
 def test_without_pytests_logging_plugin_the_suite_logs_to_its_file(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
-    result = bench_project.runpytest_subprocess(
+    result = bench_project.runpytest_inprocess(
         "--config", str(path), "--output-dir", "out", "-k", "s4", "-p", "no:logging"
     )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()

@@ -1,8 +1,12 @@
-"""Faults a benchmark run meets in the wild, each reproduced with real processes and real
-files: damaged or removed result files before a resume, short writes and full disks, a
-second run in the same directory, resume matching, unreadable files, planted or damaged
-model-cache folders, and out-of-memory on the CPU. The promise under test: no finished row
-is lost, nothing is silently wrong, and the user gets one clear line, never a traceback.
+"""Faults a benchmark run meets in the wild, each reproduced with real runs and real files:
+damaged or removed result files before a resume, short writes and full disks, a second run
+in the same directory, resume matching, unreadable files, planted or damaged model-cache
+folders, and out-of-memory on the CPU. The promise under test: no finished row is lost,
+nothing is silently wrong, and the user gets one clear line, never a traceback.
+
+Runs are in-process (`_run_in_process`) except where the fault needs a process of its own:
+a full disk (a tmpfs), a second process holding the run directory, and remote model code
+(transformers reads HF_MODULES_CACHE once, at import).
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from dllm_bench.backends.llada import write_llada_folder
+from dllm_bench.config import parse_config
 from dllm_bench.logs import close_quietly
+from dllm_bench.models.loader import random_init_folder
 from dllm_bench.models.random_init import CACHE_MANIFEST, folder_key
 from dllm_bench.rows import Row
 from dllm_bench.sinks.csvfiles import append_row, read_results
 from tests.helpers import (
+    BENCH_TEST_FILE,
     FINAL,
     PARTIAL,
     TINY_LLADA_ARCH,
+    assert_exit,
     finish,
     manifest,
     output_of,
@@ -52,11 +61,34 @@ def _run(project: Path, *args: str, output_dir: str | None = "out", config: str 
     return code, text
 
 
-def _finished_run(project: Path) -> Path:
+def _run_in_process(
+    project: pytest.Pytester, *args: str, output_dir: str | None = "out", config: str = "grid.yaml"
+) -> tuple[int, str]:
+    """`_run` in this process (pytester's in-process run): the exit code and the output."""
+    where = ["--output-dir", output_dir] if output_dir is not None else []
+    result = project.runpytest_inprocess("-p", "no:cacheprovider", "--config", config, *where, *args)
+    return int(result.ret), result.stdout.str() + "\n" + result.stderr.str()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Path:
+    """The run directory of one finished run of the tiny grid, run once for the module;
+    tests that damage it work on a copy (`_finished_run`)."""
+    project = tmp_path_factory.mktemp("finished-run")
+    (project / "test_bench.py").write_text(BENCH_TEST_FILE, encoding="utf-8")
     write_config(project, tiny_config())
-    code, text = _run(project)
-    assert code == 0, text[-3000:]
+    proc = start_pytest(project, env={"HF_HUB_OFFLINE": "1", "DLLM_BENCH_CACHE": str(model_cache_dir)})
+    assert_exit(proc, project, 0)
+    assert _ids(project / "out" / FINAL) == TINY_IDS
     return project / "out"
+
+
+def _finished_run(project: pytest.Pytester, finished_run: Path) -> Path:
+    """A copy of `finished_run` as `out` in the project, with the grid that wrote it."""
+    write_config(project.path, tiny_config())
+    out = project.path / "out"
+    shutil.copytree(finished_run, out)
+    return out
 
 
 def _ids(path: Path) -> list[str]:
@@ -75,10 +107,12 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))
-def test_resume_after_a_damaged_partial_file_keeps_every_row(project: Path, damage: str) -> None:
-    out = _finished_run(project)
+def test_resume_after_a_damaged_partial_file_keeps_every_row(
+    bench_project: pytest.Pytester, finished_run: Path, damage: str
+) -> None:
+    out = _finished_run(bench_project, finished_run)
     DAMAGES[damage](out / PARTIAL)
-    code, text = _run(project, "--resume")
+    code, text = _run_in_process(bench_project, "--resume")
     assert code == 0, text[-3000:]
     assert "Traceback" not in text
     final = rows(out / FINAL)
@@ -88,11 +122,13 @@ def test_resume_after_a_damaged_partial_file_keeps_every_row(project: Path, dama
     assert manifest(out)["status"] == "complete"
 
 
-def test_a_partial_file_with_a_garbage_header_is_refused_with_the_file_named(project: Path) -> None:
-    out = _finished_run(project)
+def test_a_partial_file_with_a_garbage_header_is_refused_with_the_file_named(
+    bench_project: pytest.Pytester, finished_run: Path
+) -> None:
+    out = _finished_run(bench_project, finished_run)
     before = (out / FINAL).read_bytes()
     (out / PARTIAL).write_bytes(b"name,value\nx,1\n")
-    code, text = _run(project, "--resume")
+    code, text = _run_in_process(bench_project, "--resume")
     assert code == pytest.ExitCode.USAGE_ERROR
     assert f"{out / PARTIAL} is not a dllm-bench results file" in text
     assert "Traceback" not in text and "INTERNALERROR" not in text
@@ -107,37 +143,43 @@ def test_a_partial_file_with_a_garbage_header_is_refused_with_the_file_named(pro
     ],
     ids=["torn multi-byte character", "field over 128 KiB"],
 )
-def test_unreadable_lines_are_skipped_and_logged_on_resume(project: Path, line: bytes, why: str) -> None:
-    out = _finished_run(project)
+def test_unreadable_lines_are_skipped_and_logged_on_resume(
+    bench_project: pytest.Pytester, finished_run: Path, caplog: pytest.LogCaptureFixture, line: bytes, why: str
+) -> None:
+    out = _finished_run(bench_project, finished_run)
     with (out / PARTIAL).open("ab") as handle:
         handle.write(line)
-    code, text = _run(project, "--resume")
+    code, text = _run_in_process(bench_project, "--resume")
     assert code == 0, text[-3000:]
     assert "INTERNALERROR" not in text and "Traceback" not in text
     assert _ids(out / FINAL) == TINY_IDS
     assert why in (out / "benchmark.log").read_text(errors="replace")
     # Read (and reported) once when the run starts and once when it saves, not a third
-    # time to find the cases already done.
-    assert text.count(f"{out / PARTIAL}: skipped line") == 2, text[-3000:]
+    # time to find the cases already done. The first report comes before pytest's live log
+    # starts (a process without handlers prints it on stderr): count the records, which reach
+    # this test's caplog from the in-process run.
+    reported = [r for r in caplog.records if f"{out / PARTIAL}: skipped line" in r.getMessage()]
+    assert len(reported) == 2, caplog.text[-3000:]
+    assert all(r.levelno == logging.WARNING for r in reported)
 
 
-def test_a_partial_file_that_is_a_directory_is_refused(project: Path) -> None:
-    out = _finished_run(project)
+def test_a_partial_file_that_is_a_directory_is_refused(bench_project: pytest.Pytester, finished_run: Path) -> None:
+    out = _finished_run(bench_project, finished_run)
     (out / PARTIAL).unlink()
     (out / PARTIAL).mkdir()
-    code, text = _run(project, "--resume")
+    code, text = _run_in_process(bench_project, "--resume")
     assert code == pytest.ExitCode.USAGE_ERROR
     assert "INTERNALERROR" not in text and "Traceback" not in text
     assert PARTIAL in text
 
 
-def test_a_symlinked_partial_file_is_refused_not_followed(project: Path) -> None:
-    out = _finished_run(project)
-    elsewhere = project / "elsewhere.csv"
+def test_a_symlinked_partial_file_is_refused_not_followed(bench_project: pytest.Pytester, finished_run: Path) -> None:
+    out = _finished_run(bench_project, finished_run)
+    elsewhere = bench_project.path / "elsewhere.csv"
     shutil.move(out / PARTIAL, elsewhere)
     (out / PARTIAL).symlink_to(elsewhere)
     before = elsewhere.read_bytes()
-    code, text = _run(project, "--resume")
+    code, text = _run_in_process(bench_project, "--resume")
     assert code == pytest.ExitCode.USAGE_ERROR
     assert "symbolic link" in text
     assert elsewhere.read_bytes() == before
@@ -240,16 +282,16 @@ def pytest_runtest_teardown(item):
 
 
 @pytest.mark.parametrize("second_args", [(), ("--resume",)], ids=["plain", "resume"])
-def test_a_second_run_into_the_same_directory_is_refused(project: Path, second_args: tuple[str, ...]) -> None:
+def test_a_second_run_into_the_same_directory_is_refused(
+    project: Path, bench_project: pytest.Pytester, second_args: tuple[str, ...]
+) -> None:
+    """The first run is a process of its own (it holds the directory); the second runs here."""
     slow_grid(project)
     (project / "conftest.py").write_text(HOLD_CONFTEST)
     first = start_pytest(project)
     wait_for(lambda: (project / "holding").exists(), first, "the first run is between cases")
-    second = project / "second"
-    second.mkdir()
-    shutil.copy(project / "test_bench.py", second)
-    shutil.copy(project / "grid.yaml", second)
-    code, text = _run(second, *second_args, output_dir=str(project / "out"))
+    shutil.copy(project / "grid.yaml", bench_project.path)
+    code, text = _run_in_process(bench_project, *second_args, output_dir=str(project / "out"))
     (project / "go").touch()
     assert code == pytest.ExitCode.USAGE_ERROR
     assert f"is in use by process {first.pid}" in text
@@ -261,22 +303,23 @@ def test_a_second_run_into_the_same_directory_is_refused(project: Path, second_a
 # --- resume without --output-dir: the run of the same config path and content ------------------
 
 
-def test_resume_without_output_dir_matches_the_config_path_and_content(project: Path) -> None:
+def test_resume_without_output_dir_matches_the_config_path_and_content(bench_project: pytest.Pytester) -> None:
+    project = bench_project.path
     for team in ("teamA", "teamB"):
         (project / team).mkdir()
     write_config(project / "teamA", tiny_config())
     write_config(project / "teamB", tiny_config(measured_rounds=1))
-    code, text = _run(project, output_dir=None, config="teamA/grid.yaml")
+    code, text = _run_in_process(bench_project, output_dir=None, config="teamA/grid.yaml")
     assert code == 0, text[-2000:]
     (run,) = (project / "results").iterdir()
     before = (run / FINAL).read_bytes()
-    code, text = _run(project, "--resume", output_dir=None, config="teamB/grid.yaml")
+    code, text = _run_in_process(bench_project, "--resume", output_dir=None, config="teamB/grid.yaml")
     assert code == pytest.ExitCode.USAGE_ERROR
     assert "no earlier run of teamB/grid.yaml with this content" in text
     assert (run / FINAL).read_bytes() == before
     # The same path with changed content is not the same run either.
     write_config(project / "teamA", tiny_config(seed=5))
-    code, text = _run(project, "--resume", output_dir=None, config="teamA/grid.yaml")
+    code, text = _run_in_process(bench_project, "--resume", output_dir=None, config="teamA/grid.yaml")
     assert code == pytest.ExitCode.USAGE_ERROR
     assert "the config's content changed since" in text
 
@@ -295,7 +338,16 @@ def _llada_only(project: Path, cache: Path) -> None:
     cache.mkdir(exist_ok=True)
 
 
-def test_a_planted_cache_folder_is_refused_and_its_code_never_runs(project: Path, tmp_path: Path) -> None:
+def _fill_cache(project: Path, cache: Path) -> Path:
+    """The cache folder of the project's LLaDA model, written as a run writes it."""
+    (spec,) = parse_config(yaml.safe_load((project / "grid.yaml").read_text()), project / "grid.yaml").models
+    return random_init_folder(spec, cache, torch.float32)
+
+
+def test_a_planted_cache_folder_is_refused_and_its_code_never_runs(
+    bench_project: pytest.Pytester, tmp_path: Path
+) -> None:
+    project = bench_project.path
     cache = tmp_path / "shared-cache"
     _llada_only(project, cache)
     planted = _cache_folder(cache)
@@ -303,7 +355,7 @@ def test_a_planted_cache_folder_is_refused_and_its_code_never_runs(project: Path
     (planted / CACHE_MANIFEST).unlink()
     marker = tmp_path / "evil-ran"
     (planted / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
-    code, text = _run(project, "--model-cache-dir", str(cache))
+    code, text = _run_in_process(bench_project, "--model-cache-dir", str(cache))
     assert code == pytest.ExitCode.TESTS_FAILED
     assert f"model cache folder {planted} has no valid {CACHE_MANIFEST}" in text
     assert not marker.exists()
@@ -313,12 +365,14 @@ def test_a_planted_cache_folder_is_refused_and_its_code_never_runs(project: Path
 @pytest.mark.parametrize(
     "how", ["group-writable", "group-writable weights", "not owned", "truncated weights", "extra file"]
 )
-def test_a_damaged_or_foreign_cache_folder_fails_once_with_what_to_do(project: Path, tmp_path: Path, how: str) -> None:
+def test_a_damaged_or_foreign_cache_folder_fails_once_with_what_to_do(
+    bench_project: pytest.Pytester, tmp_path: Path, how: str
+) -> None:
+    project = bench_project.path
     cache = tmp_path / "cache"
     _llada_only(project, cache)
-    code, text = _run(project, "--model-cache-dir", str(cache), "-k", "s4")
-    assert code == 0, text[-2000:]
-    folder = _cache_folder(cache)
+    folder = _fill_cache(project, cache)
+    assert folder == _cache_folder(cache)
     if how == "group-writable":
         folder.chmod(0o775)
     elif how == "group-writable weights":
@@ -332,7 +386,7 @@ def test_a_damaged_or_foreign_cache_folder_fails_once_with_what_to_do(project: P
         weights.write_bytes(weights.read_bytes()[:1000])
     else:
         (folder / "extra.py").write_text("x = 1\n")
-    code, text = _run(project, "--model-cache-dir", str(cache), output_dir="again")
+    code, text = _run_in_process(bench_project, "--model-cache-dir", str(cache), output_dir="again")
     assert code == pytest.ExitCode.TESTS_FAILED
     assert f"remove {folder} to have it written again" in text
     assert "Traceback" not in text
@@ -341,37 +395,42 @@ def test_a_damaged_or_foreign_cache_folder_fails_once_with_what_to_do(project: P
     assert log.count("loaded model") == 0
 
 
-def test_a_cache_dir_that_is_a_file_fails_each_case_without_retrying(project: Path, tmp_path: Path) -> None:
+def test_a_cache_dir_that_is_a_file_fails_each_case_without_retrying(
+    bench_project: pytest.Pytester, tmp_path: Path
+) -> None:
+    project = bench_project.path
     write_config(project, tiny_config())
     cache = tmp_path / "cache-file"
     cache.write_text("not a folder")
-    code, text = _run(project, "--model-cache-dir", str(cache))
+    code, text = _run_in_process(bench_project, "--model-cache-dir", str(cache))
     assert code == pytest.ExitCode.TESTS_FAILED
     assert "is not a folder; pass --model-cache-dir with a folder" in text
     statuses = [r.status for r in rows(project / "out" / FINAL)]
     assert statuses == ["error"] * 3
 
 
-def test_a_killed_writers_temporary_folder_is_removed(project: Path, tmp_path: Path) -> None:
+def test_a_killed_writers_temporary_folder_is_removed(bench_project: pytest.Pytester, tmp_path: Path) -> None:
+    project = bench_project.path
     cache = tmp_path / "cache"
     _llada_only(project, cache)
     stale = cache / f".{_cache_folder(cache).name}.tmp-abandoned"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"\0" * 4096)
-    code, text = _run(project, "--model-cache-dir", str(cache), "-k", "s4")
+    code, text = _run_in_process(bench_project, "--model-cache-dir", str(cache), "-k", "s4")
     assert code == 0, text[-2000:]
     assert not stale.exists()
     assert f"removed {stale}" in (project / "out" / "benchmark.log").read_text()
 
 
-def test_a_local_folder_without_weights_says_what_to_do(project: Path, tmp_path: Path) -> None:
+def test_a_local_folder_without_weights_says_what_to_do(bench_project: pytest.Pytester, tmp_path: Path) -> None:
+    project = bench_project.path
     folder = tmp_path / "checkpoint"
     write_llada_folder(folder, TINY_LLADA_ARCH, seed=0, dtype=torch.float32)
     (folder / "model.safetensors").unlink()
     config = tiny_config()
     config["models"] = [{"name": "local", "kind": "llada", "source": str(folder), "device": "cpu"}]
     write_config(project, config)
-    code, text = _run(project)
+    code, text = _run_in_process(bench_project)
     assert code == pytest.ExitCode.TESTS_FAILED
     assert "has no weights file" in text and "download the checkpoint completely" in text
 

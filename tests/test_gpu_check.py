@@ -8,6 +8,7 @@ empty, so they must fail) and on rows with known defects.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -273,16 +274,23 @@ def commands_containing(text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_suite_run_past_the_budget_is_killed_and_fails_its_item(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plugins, slept = tmp_path / "plugins", tmp_path / "slept"
+    plugins = tmp_path / "plugins"
     plugins.mkdir()
-    hang = f"import pathlib\nimport time\n\ntime.sleep(120)\npathlib.Path({str(slept)!r}).touch()\n"
-    (plugins / "hang_at_start.py").write_text(hang, encoding="utf-8")
+    hanging, woke = tmp_path / "hanging", tmp_path / "woke"
+    (plugins / "hang_at_start.py").write_text(
+        f"import pathlib\nimport time\n\npathlib.Path({str(hanging)!r}).touch()\ntime.sleep(120)\n"
+        f"pathlib.Path({str(woke)!r}).touch()\n",
+        encoding="utf-8",
+    )
     monkeypatch.setenv("PYTHONPATH", str(plugins))
-    run = run_suite(REPO, tmp_path, "hung", cpu_config(), ["-p", "hang_at_start"], Budget(0))
+    with caplog.at_level(logging.ERROR):
+        run = run_suite(REPO, tmp_path, "hung", cpu_config(), ["-p", "hang_at_start"], Budget(0))
     assert run.exit_code is None  # stopped at the limit (1 s): a run that ends by itself has an exit code
-    assert not slept.exists()  # the 120 s sleep never finished
-    assert commands_containing(str(tmp_path / "hung.yaml")) == []  # killed, not left running
+    # Killed at the limit while the plugin slept: the sleep never ended, and nothing is left running.
+    assert any("ran past 1 s: killing its process group" in r.getMessage() for r in caplog.records), caplog.text
+    assert hanging.exists() and not woke.exists()
+    assert commands_containing(str(tmp_path / "hung.yaml")) == []
     assert run_items.cache_item(run).outcome == FAIL
     assert "time limit" in run_items.cache_item(run).detail

@@ -144,23 +144,28 @@ def test_sigint_mid_case_saves_finished_cases(project: Path) -> None:
     _resume_to_completion(project)
 
 
+# Where each SIGKILL lands: during start-up (imports, collection, model loads; a random
+# moment within the first second), or a random moment within half a second after the run
+# wrote its next row (in the middle of the next case or of its row write).
+KILL_POINTS = ("row", "start", "row", "row", "start", "row")
+
+
 def test_sigkill_at_random_moments_loses_no_finished_row(project: Path) -> None:
     steps = (64, 128)
     slow_grid(project, steps=steps, measured_rounds=5)
     out = project / "out"
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(12):
+    for attempt, point in enumerate(KILL_POINTS):
         args = ("--resume",) if attempt else ()
+        held = len(rows(out / PARTIAL)) if (out / PARTIAL).exists() else 0
         proc = start_pytest(project, *args)
-        if attempt == 0:
-            wait_rows(out / PARTIAL, 1, proc)
-            time.sleep(rng.uniform(0.0, 1.5))
+        if point == "row":
+            wait_rows(out / PARTIAL, held + 1, proc)
+            time.sleep(rng.uniform(0.0, 0.5))
         else:
-            # Anywhere from start-up (imports, collection) to the middle of a case or a row write.
-            time.sleep(rng.uniform(2.0, 8.0))
-        if proc.poll() is not None:
-            break
+            time.sleep(rng.uniform(0.0, 1.0))
+        assert proc.poll() is None, f"kill {attempt} ({point}): pytest ended before it, exit {proc.returncode}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         kills += 1
@@ -170,8 +175,11 @@ def test_sigkill_at_random_moments_loses_no_finished_row(project: Path) -> None:
         assert len(rows(out / PARTIAL)) == len(complete), "every complete line parses"
         ids = Counter(row.case_id for row in rows(out / PARTIAL))
         assert max(ids.values()) == 1, "no case recorded twice"
-    assert kills >= 3
-    LOG.info("SIGKILL: %d kills, %d rows on disk before the final resume", kills, len(rows(out / PARTIAL)))
+    assert kills == len(KILL_POINTS)
+    # Each "row" kill came after a new row; the grid's 9 cases were not all done before the last kill.
+    saved = len(rows(out / PARTIAL))
+    assert KILL_POINTS.count("row") <= saved < len(case_ids(steps)), saved
+    LOG.info("SIGKILL: %d kills, %d rows on disk before the final resume", kills, saved)
     _resume_to_completion(project, case_ids(steps))
 
 

@@ -12,6 +12,7 @@ be unchanged.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ SLOWED = ["-p", "latency_floor", "-p", "slowdown"]
 
 def _sleep_plugins(project: pytest.Pytester) -> None:
     """latency_floor (every model, every run) and slowdown (the LLaDA model only, on top of
-    the floor, in the slowed run)."""
+    the floor, in the slowed run); importable by `-p` in an in-process run."""
+    project.syspathinsert()
     llada = "dllm_bench.models.llada_hf.modeling_llada.LLaDAModelLM"
     project.makepyfile(latency_floor=sleep_plugin(FLOOR_S), slowdown=sleep_plugin(SLOWDOWN_S, llada))
 
@@ -46,7 +48,7 @@ def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pyte
     path = _one_case_config(bench_project)
     _sleep_plugins(bench_project)
     storage = bench_project.path / "storage"
-    first = bench_project.runpytest_subprocess(
+    first = bench_project.runpytest_inprocess(
         "--config", str(path), "--benchmark-autosave", f"--benchmark-storage={storage}", "-k", "llada", *FLOOR
     )
     assert first.ret == pytest.ExitCode.OK
@@ -58,14 +60,14 @@ def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pyte
     assert all(b["options"]["timer"] == "synchronized_timer" for b in data["benchmarks"])
 
     compare = ["--config", str(path), f"--benchmark-storage={storage}", "--benchmark-compare", "-k", "llada"]
-    same = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:100000%", *FLOOR)
+    same = bench_project.runpytest_inprocess(*compare, "--benchmark-compare-fail=mean:100000%", *FLOOR)
     assert same.ret == pytest.ExitCode.OK
     assert "Comparing against benchmarks from" in same.stdout.str() + same.stderr.str()
     assert "(NOW)" in same.stdout.str()
     assert "(0001_unversi" in same.stdout.str()
 
     # A real slowdown (6x, above the floor load cannot shorten) fails a limit of 2x.
-    slow = bench_project.runpytest_subprocess(*compare, "--benchmark-compare-fail=mean:100%", *SLOWED)
+    slow = bench_project.runpytest_inprocess(*compare, "--benchmark-compare-fail=mean:100%", *SLOWED)
     assert slow.ret != pytest.ExitCode.OK
     assert "Performance has regressed" in slow.stdout.str() + slow.stderr.str()
 
@@ -73,20 +75,20 @@ def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pyte
 def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_project: pytest.Pytester) -> None:
     path = _one_case_config(bench_project)
     _sleep_plugins(bench_project)
-    first = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "base", *FLOOR)
+    first = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", "base", *FLOOR)
     assert first.ret == pytest.ExitCode.OK
     base = bench_project.path / "base"
     gate = ["--gate", "tokens_per_s:-50%", "--gate-reference", str(base)]
 
     # The run compared with its own rows: 0% change on every case, the gate passes.
-    same = bench_project.runpytest_subprocess(
+    same = bench_project.runpytest_inprocess(
         "--config", str(path), "--output-dir", str(base), "--resume", *gate, *FLOOR
     )
     assert same.ret == pytest.ExitCode.OK, same.stdout.str()
     same.stdout.fnmatch_lines(["*gate: compared 2 case/metric pairs against the reference run*"])
     assert manifest(base)["gate"]["passed"] is True
 
-    slow = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "slow", *SLOWED, *gate)
+    slow = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", "slow", *SLOWED, *gate)
     assert slow.ret == pytest.ExitCode.TESTS_FAILED
     failed = [line for line in slow.stdout.lines if line.startswith("gate FAILED")]
     assert len(failed) == 1, slow.stdout.str()
@@ -110,13 +112,13 @@ def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_pr
 
 def test_a_gate_that_compares_nothing_fails_unless_allowed(bench_project: pytest.Pytester) -> None:
     path = _one_case_config(bench_project)
-    assert bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "base").ret == 0
+    assert bench_project.runpytest_inprocess("--config", str(path), "--output-dir", "base").ret == 0
     write_config(bench_project.path, tiny_config(llada={"steps": [4], "block_length": [8]}, measured_rounds=2))
     gate = ["--gate", "tokens_per_s:-10%", "--gate-reference", str(bench_project.path / "base")]
-    strict = bench_project.runpytest_subprocess("--config", str(path), "--output-dir", "strict", *gate)
+    strict = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", "strict", *gate)
     assert strict.ret == pytest.ExitCode.TESTS_FAILED
     strict.stdout.fnmatch_lines(["*gate: compared 0 case/metric pairs*", "*gate FAILED: compared 0*"])
-    allowed = bench_project.runpytest_subprocess(
+    allowed = bench_project.runpytest_inprocess(
         "--config", str(path), "--output-dir", "allowed", *gate, "--gate-allow-missing"
     )
     assert allowed.ret == pytest.ExitCode.OK
@@ -139,7 +141,7 @@ def test_gate_needs_a_reference_and_a_valid_rule(bench_project: pytest.Pytester)
 
 def test_summary_table_and_relative_speed(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
-    result = bench_project.runpytest_subprocess("--config", str(path), "--benchmark-disable")
+    result = bench_project.runpytest_inprocess("--config", str(path), "--benchmark-disable")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
@@ -179,7 +181,7 @@ def test_under_xdist_the_rows_are_still_measured(bench_project: pytest.Pytester)
 
 
 def test_compare_with_a_run_saved_on_another_machine_outside_the_project_warns(
-    bench_project: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+    bench_project: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The CI history lives outside the checkout; a saved run from another machine (here:
     another CPU model in its machine_info) is compared with a warning, not an INTERNALERROR.
@@ -187,14 +189,16 @@ def test_compare_with_a_run_saved_on_another_machine_outside_the_project_warns(
     path = _one_case_config(bench_project)
     storage = tmp_path_factory.mktemp("history")  # not under the project's directory
     args = ["--config", str(path), f"--benchmark-storage={storage}", "-k", "llada"]
-    assert bench_project.runpytest_subprocess(*args, "--benchmark-autosave").ret == pytest.ExitCode.OK
+    assert bench_project.runpytest_inprocess(*args, "--benchmark-autosave").ret == pytest.ExitCode.OK
     (saved,) = storage.rglob("*.json")
     data = json.loads(saved.read_text())
     assert "git_commit" not in data["machine_info"]["dllm_bench"]
     data["machine_info"]["dllm_bench"]["cpu_model"] = "another CPU"
     saved.write_text(json.dumps(data))
-    result = bench_project.runpytest_subprocess(*args, "--benchmark-compare")
+    result = bench_project.runpytest_inprocess(*args, "--benchmark-compare")
     text = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.OK, text[-3000:]
     assert "INTERNALERROR" not in text
-    assert "has another machine_info" in text
+    # The suite's logger says it (this in-process run's records reach this test's caplog).
+    warned = [r for r in caplog.records if r.name == "dllm_bench" and r.levelno == logging.WARNING]
+    assert any("has another machine_info" in r.getMessage() for r in warned), caplog.text[-3000:]

@@ -70,7 +70,7 @@ def test_the_deprecated_gate_baseline_still_works_and_warns(pytester: pytest.Pyt
 def test_an_ini_config_is_used_when_the_suite_is_on(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
     bench_project.makeini(f"[pytest]\ndllm_config = {path}\n")
-    result = bench_project.runpytest_subprocess("--collect-only", "-q", "--progress", "off")
+    result = bench_project.runpytest_inprocess("--collect-only", "-q", "--progress", "off")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["test_bench.py::test_llada[[]tiny-llada-p8-g8-b2-s4-k8[]]"])
 

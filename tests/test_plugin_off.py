@@ -59,7 +59,7 @@ def _normalized(text: str) -> list[str]:
 
 def _run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, object]]:
     json_path = pytester.path / "bench.json"
-    result = pytester.runpytest_subprocess(
+    result = pytester.runpytest_inprocess(
         "-p", "no:cacheprovider", "-v", "-rA", f"--benchmark-json={json_path}", "-k", "not waits", *args
     )
     return result, json.loads(json_path.read_text())

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import termios
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tqdm import tqdm
 
+from dllm_bench import progress as progress_module
 from dllm_bench.progress import CaseProgress, Progress, choose_mode
 from dllm_bench.sinks.manifest import Counts
 from tests.helpers import tiny_config, write_config
@@ -51,12 +53,15 @@ def test_inner_bar_never_draws_during_a_timed_round() -> None:
     inner.close()
 
 
-def test_log_mode_logs_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
+def test_log_mode_logs_progress_lines(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]  # each case takes 1.5 s on this clock
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     counts = Counts(planned=20)
     progress = Progress("log", counts)
     with caplog.at_level(logging.INFO, logger="dllm_bench.progress"):
         progress.start(20)
         for index in range(20):
+            clock[0] += 1.5
             if index == 3:
                 counts.failed += 1
             else:
@@ -64,7 +69,7 @@ def test_log_mode_logs_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
             progress.case_finished()
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "progress: 0/20 cases"
-    assert any(line.startswith("progress: 2/20 cases (0 failed, 0 skipped), elapsed 0:00:0") for line in lines)
+    assert lines[1] == "progress: 2/20 cases (0 failed, 0 skipped), elapsed 0:00:03, ETA 0:00:27"
     assert lines[-1].startswith("progress: 20/20 cases (1 failed, 0 skipped)")
     assert len(lines) == 11  # the start, then every 10% of the cases
 

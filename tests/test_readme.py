@@ -70,4 +70,4 @@ def test_the_two_setup_commands_are_there() -> None:
     assert "pip install torch==2.13.0 -e . && pytest benchmarks" in README
     command = "pytest tests -n 2 --dist loadfile"
     assert f"pip install torch==2.13.0 -e '.[dev]' && {command}\n" in README
-    assert f"\n{command}\n" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert f"\n{command} --durations=25\n" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

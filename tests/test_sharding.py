@@ -89,7 +89,7 @@ def test_bad_shard_is_a_usage_error(bench_project: pytest.Pytester) -> None:
 def test_merge_shards_and_refuse_mixed_configs(bench_project: pytest.Pytester) -> None:
     path = write_config(bench_project.path, tiny_config())
     for index in range(2):
-        run = bench_project.runpytest_subprocess(
+        run = bench_project.runpytest_inprocess(
             "--config", str(path), "--shard", f"{index}/2", "--output-dir", f"shard-{index}"
         )
         assert run.ret == pytest.ExitCode.OK

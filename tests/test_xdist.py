@@ -7,7 +7,6 @@ import csv
 import os
 import re
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -74,9 +73,9 @@ def test_signal_stops_workers_cleanly_and_resume_completes(grid_project: Path, s
         os.killpg(proc.pid, signum)
     else:
         os.kill(proc.pid, signum)
-    started = time.monotonic()
+    # Every row on disk now was written before the signal or by a case running when it came.
+    at_signal = len(rows(out / PARTIAL))
     assert_exit(proc, project, pytest.ExitCode.INTERRUPTED)
-    stop_s = time.monotonic() - started
     partial = rows(out / PARTIAL)
     final = rows(out / FINAL)
     assert sorted(r.case_id for r in final) == sorted(r.case_id for r in partial), "every finished case saved"
@@ -85,7 +84,8 @@ def test_signal_stops_workers_cleanly_and_resume_completes(grid_project: Path, s
     record = manifest(out)
     assert record["status"] == "interrupted"
     assert record["signal"] == sig
-    assert stop_s < 120
+    # Each of the 2 workers ends at most the case it was running: the grid was not run to its end.
+    assert len(partial) <= at_signal + 2 < len(case_ids(STEPS)), (at_signal, len(partial))
     assert "Traceback" not in output_of(project)
     resumed = start_pytest(project, "-n", "2", "--resume")
     assert finish(resumed) == 0, output_of(project)[-3000:]
