@@ -12,5 +12,9 @@ def test_llada(llada_case: Case, bench: CaseRunner) -> None:
     bench.run(llada_case)
 
 
+def test_diffusion_gemma(diffusion_gemma_case: Case, bench: CaseRunner) -> None:
+    bench.run(diffusion_gemma_case)
+
+
 def test_baseline(baseline_case: Case, bench: CaseRunner) -> None:
     bench.run(baseline_case)

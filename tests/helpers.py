@@ -43,6 +43,26 @@ TINY_LLAMA_ARCH = {
     "bos_token_id": 253,
     "max_position_embeddings": 256,
 }
+# DiffusionGemma of the smallest shape the library builds (a tiny vision tower is added by the suite).
+TINY_DGEMMA_ARCH = {
+    "vocab_size": 256,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "global_head_dim": 16,
+    "num_experts": 2,
+    "top_k_experts": 1,
+    "moe_intermediate_size": 32,
+    "sliding_window": 16,
+    "max_position_embeddings": 256,
+    "canvas_length": 8,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+}
 # Big enough that a case takes long enough to be interrupted, small enough for CI.
 SLOW_LLADA_ARCH = {
     **TINY_LLADA_ARCH,

@@ -30,6 +30,8 @@ _MIB = ".1f"
 # so that a spreadsheet opening the CSV does not evaluate them as formulas.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 FORMULA_ESCAPE = "'"
+# How a kind's setting column says that other kinds leave it empty.
+_OTHER_KINDS = "; empty for other kinds"
 
 
 def _column(doc: str, fmt: str = "") -> Any:
@@ -43,7 +45,11 @@ def _setting(name: str) -> Any:
     docs = [doc for spec in KIND_SPECS for column, doc in spec.columns if column == name]
     if not docs:
         raise KindSpecError(f"Row.{name} is a setting column that no kind spec declares")
-    return _column(docs[0])
+    if len(docs) == 1:
+        return _column(docs[0])
+    # A column several kinds share (block_length): each kind's meaning, then the common end.
+    return _column("; ".join(doc.removesuffix(_OTHER_KINDS) for doc in docs) + _OTHER_KINDS)
+
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,13 @@ class Row:
     cache: str | None = _setting("cache")
     threshold: float | None = _setting("threshold")
     factor: float | None = _setting("factor")
+    max_denoising_steps: int | None = _setting("max_denoising_steps")
+    entropy_bound: float | None = _setting("entropy_bound")
+    t_min: float | None = _setting("t_min")
+    t_max: float | None = _setting("t_max")
+    stability_threshold: int | None = _setting("stability_threshold")
+    confidence_threshold: float | None = _setting("confidence_threshold")
+    cache_implementation: str | None = _setting("cache_implementation")
     warmup_rounds: int | None = _column("untimed calls before measuring (warmup_rounds)")
     measured_rounds: int | None = _column("timed calls (measured_rounds)")
     status: str | None = _column("ok; oom (out of memory) or error for a failed case")
@@ -97,16 +110,25 @@ class Row:
     eos_tokens_per_s: float | None = _column("tokens_until_eos / latency_mean_s", _RATE)
     nfe: float | None = _column(
         "model forward passes per generate call, counted, the mean over the measured calls "
-        "(a fixed diffusion schedule: steps; an autoregressive kind: gen_length)",
+        "(a fixed diffusion schedule: steps; an autoregressive kind: gen_length; diffusion_gemma: decoder "
+        "(denoising) passes, each over one canvas of the whole batch)",
         ".2f",
     )
     nfe_min: int | None = _column("fewest forward passes of one measured call")
     nfe_max: int | None = _column("most forward passes of one measured call")
+    encoder_nfe: float | None = _column(
+        "encoder-decoder kinds (diffusion_gemma): encoder passes per generate call, the mean over the measured "
+        "calls (the prompt, then each finished canvas but the last); not part of nfe; empty for other kinds",
+        ".2f",
+    )
     cfg_batch_factor: int | None = _column(
         "batch multiplier of each forward pass: 2 with cfg_scale > 0 (one pass, doubled batch), else 1"
     )
     tokens_per_forward: float | None = _column(
-        "gen_length / nfe: positions committed per forward pass per sequence", _SHARE
+        "gen_length / nfe: positions committed per forward pass per sequence; diffusion_gemma: the library's own "
+        "figure (a row's new tokens other than padding after EOS, over the decoder passes it took part in), the mean "
+        "over the batch and the measured calls",
+        _SHARE,
     )
     agreement_exact: float | None = _column(
         "diffusion kinds: share of generated positions equal to the exact decode of the same prompts (same model "
@@ -130,7 +152,9 @@ class Row:
         "share of that call's time spent outside forward passes (sampling, generate loop)", _SHARE
     )
     ttft_s: float | None = _column(
-        "autoregressive kinds only: time to first token, mean of prefill-only calls (max_new_tokens=1)", _SECONDS
+        "time to first token: autoregressive kinds, mean of prefill-only calls (max_new_tokens=1); diffusion_gemma, "
+        "mean of calls that stop after the first canvas (max_new_tokens=block_length); empty for other kinds",
+        _SECONDS,
     )
     tpot_s: float | None = _column(
         "autoregressive kinds only: time per output token after the first: (latency_mean_s - ttft_s) / "

@@ -56,6 +56,8 @@ class CallRecorder:
     calls: int = 0
     per_call: list[int] = field(default_factory=list)
     outputs: list[torch.Tensor] = field(default_factory=list, repr=False)
+    # Figures a kind's call reports itself (its library's tokens_per_forward), one dict per call.
+    figures: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     @property
     def last_output(self) -> torch.Tensor | None:
@@ -64,16 +66,26 @@ class CallRecorder:
     def count_forward(self, *_: object) -> None:
         self.forwards += 1
 
-    def record(self, output: torch.Tensor) -> torch.Tensor:
+    def record(self, output: torch.Tensor, **figures: float) -> torch.Tensor:
+        """Close one call: its forward passes, its output and the figures its kind reports."""
         self.calls += 1
         self.per_call.append(self.forwards - sum(self.per_call))
         self.outputs.append(output)
+        self.figures.append(figures)
         return output
 
     def reset(self) -> None:
         self.forwards = self.calls = 0
         self.per_call.clear()
         self.outputs.clear()
+        self.figures.clear()
+
+    def mean_figure(self, name: str) -> float | None:
+        """The mean of a figure over the recorded calls; None unless every call reported it."""
+        values = [figures.get(name) for figures in self.figures]
+        if not values or any(value is None for value in values):
+            return None
+        return statistics.fmean(value for value in values if value is not None)
 
     def nfe(self) -> float:
         """Forward passes per generate call, the mean over the calls recorded."""
@@ -242,10 +254,11 @@ def run_case(
         progress.round_started()
         feed.select(next(rounds))
 
-    progress_hook = loaded.model.register_forward_hook(progress.forward)
+    counted = kind.counted_module(loaded)
+    progress_hook = counted.register_forward_hook(progress.forward)
     try:
-        profile = _warm_up(loaded, call, case.warmup_rounds, progress.round_started)
-        count_hook = loaded.model.register_forward_hook(recorder.count_forward)
+        profile = _warm_up(counted, call, case.warmup_rounds, progress.round_started)
+        count_hook = counted.register_forward_hook(recorder.count_forward)
         recorder.reset()
         try:
             cpu_start, wall_start = time.process_time(), time.perf_counter()
@@ -293,16 +306,16 @@ def _accuracy_fields(
 
 
 def _warm_up(
-    loaded: LoadedModel, call: Callable[[], torch.Tensor], rounds: int, before_round: Callable[[], None]
+    counted: torch.nn.Module, call: Callable[[], torch.Tensor], rounds: int, before_round: Callable[[], None]
 ) -> ForwardProfile | None:
-    """Untimed warm-up calls; the last one is profiled per forward pass."""
+    """Untimed warm-up calls; the last one is profiled per forward pass of the counted module."""
     for _ in range(rounds - 1):
         before_round()
         call()
     if rounds == 0:
         return None
     before_round()
-    return profile_call(loaded.model, call)
+    return profile_call(counted, call)
 
 
 def _latency_fields(stats: LatencyStats) -> dict[str, object]:
@@ -324,6 +337,7 @@ def _token_fields(
     output = backend(case.kind).eos_output(case, loaded, feed, recorder.last_output)
     until_eos = tokens_until_eos(output[:, case.prompt_length :], loaded.eos_ids, length=case.gen_length)
     nfe = recorder.nfe()
+    reported = recorder.mean_figure("tokens_per_forward")
     return {
         "generated_tokens": generated,
         "tokens_per_s": generated / stats.mean,
@@ -333,7 +347,8 @@ def _token_fields(
         "nfe_min": min(recorder.per_call),
         "nfe_max": max(recorder.per_call),
         "cfg_batch_factor": case.settings.batch_factor(),
-        "tokens_per_forward": case.gen_length / nfe if nfe else None,
+        "tokens_per_forward": reported if reported is not None else (case.gen_length / nfe if nfe else None),
+        "encoder_nfe": recorder.mean_figure("encoder_nfe"),
     }
 
 

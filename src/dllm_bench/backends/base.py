@@ -90,6 +90,11 @@ class Backend(ABC):
     ) -> Callable[[], torch.Tensor]:
         """The function that is timed: one generate call over the feed's selected batch."""
 
+    def counted_module(self, loaded: LoadedModel) -> torch.nn.Module:
+        """The module one forward pass of which is one `nfe` (hooked for counting, progress
+        and the per-forward profile); the whole model by default."""
+        return loaded.model
+
     def eos_output(self, case: Case, loaded: LoadedModel, feed: PromptFeed, last: torch.Tensor) -> torch.Tensor:
         """The output whose EOS positions count for `tokens_until_eos` (the last timed one)."""
         return last

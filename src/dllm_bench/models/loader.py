@@ -180,17 +180,17 @@ def _describe(
     spec: ModelSpec, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, seconds: float
 ) -> LoadedModel:
     cfg: Any = getattr(model, "config", None)
-    vocab_size = int(getattr(cfg, "embedding_size", None) or cfg.vocab_size)
-    mask_id = getattr(cfg, "mask_token_id", None)
+    vocab_size = int(_config_value(cfg, "embedding_size") or _config_value(cfg, "vocab_size"))
+    mask_id = _config_value(cfg, "mask_token_id")
     generation: Any = getattr(model, "generation_config", None)
     eos_ids = tuple(
-        sorted({*_as_ids(getattr(cfg, "eos_token_id", None)), *_as_ids(getattr(generation, "eos_token_id", None))})
+        sorted({*_as_ids(_config_value(cfg, "eos_token_id")), *_as_ids(getattr(generation, "eos_token_id", None))})
     )
-    pad_id = getattr(cfg, "pad_token_id", None)
-    bos_ids = _as_ids(getattr(cfg, "bos_token_id", None))
+    pad_id = _config_value(cfg, "pad_token_id")
+    bos_ids = _as_ids(_config_value(cfg, "bos_token_id"))
     special = {*eos_ids, *bos_ids}
     special.update(i for i in (mask_id, pad_id) if i is not None)
-    max_length = getattr(cfg, "max_sequence_length", None) or getattr(cfg, "max_position_embeddings", None)
+    max_length = _config_value(cfg, "max_sequence_length") or _config_value(cfg, "max_position_embeddings")
     return LoadedModel(
         spec=spec,
         model=model,
@@ -204,6 +204,15 @@ def _describe(
         max_length=int(max_length) if max_length else None,
         load_seconds=seconds,
     )
+
+
+def _config_value(config: Any, name: str) -> Any:
+    """A config value, from the text config where the model's own config has none (a
+    multimodal or encoder-decoder model keeps its vocabulary and token ids there)."""
+    value = getattr(config, name, None)
+    if value is None and hasattr(config, "get_text_config"):
+        value = getattr(config.get_text_config(), name, None)
+    return value
 
 
 def _as_ids(value: object) -> tuple[int, ...]:
