@@ -19,6 +19,9 @@
 #   cache        an 8B-shape LLaDA with 4 layers in bf16, cache none and dual at two grid
 #                points: dual faster than none, tokens/s reported
 #   oom          an oversized batch under --allow-oom: the row says oom and the run goes on
+#   dgemma       a random-init DiffusionGemma (about 0.37 B parameters, bf16) with a dynamic
+#                and a static cache (the library compiles the decoder): every row ok, the
+#                decoder and encoder passes counted, the library's tokens_per_forward
 #
 # The suite runs write under DLLM_GPU_CHECK_DIR (their configs, outputs and console logs).
 # Random-init model folders go to the suite's model cache ($DLLM_BENCH_CACHE, else

@@ -250,3 +250,20 @@ def test_random_init_folder_loads_as_the_library_class(models: ModelCache) -> No
     loaded = models.get(case.model)
     assert type(loaded.model).__name__ == "DiffusionGemmaForBlockDiffusion"
     assert (loaded.vocab_size, loaded.eos_ids, loaded.pad_id) == (256, (1,), 0)
+
+
+def test_a_hook_on_the_whole_model_sees_no_pass_and_the_recorder_refuses_an_nfe(models: ModelCache) -> None:
+    """The library's generate calls the model's forward directly, so a hook on the model sees
+    none of it: the backend counts the decoder, and a recorder that saw no pass refuses to
+    report an nfe rather than write 0."""
+    case = next(c for c in cases_of(dgemma_config(max_denoising_steps=2)) if c.batch_size == 1)
+    loaded = models.get(case.model)
+    recorder = CallRecorder()
+    hook = loaded.model.register_forward_hook(recorder.count_forward)
+    try:
+        backend(case.kind).build_call(case, loaded, case_feed(case, loaded, case_task(case, loaded)), recorder)()
+    finally:
+        hook.remove()
+    with pytest.raises(RuntimeError, match="no forward pass of the counted module"):
+        recorder.nfe()
+    assert backend(case.kind).counted_module(loaded) is loaded.model.model.decoder  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ empty, so they must fail) and on rows with known defects.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -18,12 +19,16 @@ import pytest
 import torch
 import yaml
 
+from dllm_bench.cases import expand_cases
+from dllm_bench.config import parse_config
 from dllm_bench.gpu_check import grids, row_checks, run_items, sampler, timer
 from dllm_bench.gpu_check.outcome import FAIL, ITEM_NAMES, PASS, SKIP, CheckResult, failed, passed, verdict_line
 from dllm_bench.gpu_check.sampler import SamplerShape
 from dllm_bench.gpu_check.suite_run import Budget, run_suite
+from dllm_bench.models.loader import ModelCache
 from dllm_bench.rows import Row
-from tests.helpers import TINY_LLADA_ARCH
+from dllm_bench.runner import run_case
+from tests.helpers import TINY_DGEMMA_ARCH, TINY_LLADA_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,3 +299,30 @@ def test_a_suite_run_past_the_budget_is_killed_and_fails_its_item(
     assert commands_containing(str(tmp_path / "hung.yaml")) == []
     assert run_items.cache_item(run).outcome == FAIL
     assert "time limit" in run_items.cache_item(run).detail
+
+
+def test_the_dgemma_item_passes_on_rows_of_a_real_run_and_names_a_wrong_count(tmp_path: Path) -> None:
+    """The dgemma grid at a CPU scale, measured in-process (a static cache runs uncompiled on a
+    CPU): its rows pass the item; a row whose nfe or encoder passes differ fails it by name."""
+    config = grids.dgemma_config()
+    model = {**config["models"][0], "device": "cpu", "dtype": "float32"}
+    model["arch"] = {**TINY_DGEMMA_ARCH, "canvas_length": grids.DGEMMA_CANVAS}
+    config.update(models=[model], warmup_rounds=0, measured_rounds=1)
+    config["grid"].update(prompt_length=[8], batch_size=[1, 2])
+    models = ModelCache(tmp_path / "models")
+    rows = [run_case(case, models.get(case.model)) for case in expand_cases(parse_config(config, Path("dg.yaml")))]
+    shape = {
+        "canvases": grids.DGEMMA_GEN // grids.DGEMMA_CANVAS,
+        "steps": grids.DGEMMA_STEPS,
+        "canvas": grids.DGEMMA_CANVAS,
+    }
+    result = row_checks.check_dgemma(rows, **shape)
+    assert result.outcome == PASS, result.detail
+    wrong = [dataclasses.replace(rows[0], nfe=3.0), dataclasses.replace(rows[1], encoder_nfe=1.0), *rows[2:]]
+    result = row_checks.check_dgemma(wrong, **shape)
+    assert result.outcome == FAIL
+    assert (
+        f"{rows[0].case_id}: nfe 3.0, expected 16" in result.detail and "encoder_nfe 1.0, expected 2" in result.detail
+    )
+    only_dynamic = [row for row in rows if row.cache_implementation == "dynamic"]
+    assert "expected dynamic and static" in row_checks.check_dgemma(only_dynamic, **shape).detail

@@ -91,6 +91,12 @@ class CallRecorder:
         """Forward passes per generate call, the mean over the calls recorded."""
         if self.calls == 0:
             raise RuntimeError("the generate call never ran")
+        if self.forwards == 0:
+            # A generate call without a forward pass is impossible: the counting hook missed them.
+            raise RuntimeError(
+                "no forward pass of the counted module was seen in the measured calls (a compiled forward the "
+                "hooks cannot see?); the row would have no nfe"
+            )
         return self.forwards / self.calls
 
 

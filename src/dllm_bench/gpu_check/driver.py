@@ -1,4 +1,4 @@
-"""Every item in order: the in-process items, then the three suite runs and the items read from them."""
+"""Every item in order: the in-process items, then the four suite runs and the items read from them."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dllm_bench.devices import visible_gpus
-from dllm_bench.gpu_check.grids import cache_config, grid_config, pinning_config
+from dllm_bench.gpu_check.grids import cache_config, dgemma_config, grid_config, pinning_config
 from dllm_bench.gpu_check.outcome import CheckResult, failed, in_item_order
-from dllm_bench.gpu_check.run_items import cache_item, grid_items, pinning_item
+from dllm_bench.gpu_check.run_items import cache_item, dgemma_item, grid_items, pinning_item
 from dllm_bench.gpu_check.sampler import check_sampler
 from dllm_bench.gpu_check.suite_run import Budget, run_suite
 from dllm_bench.gpu_check.timer import check_timer
@@ -46,6 +46,8 @@ def run_gpu_checks(repo: Path, work_dir: Path, budget: Budget) -> list[CheckResu
     results += [emit(result) for result in grid_items(grid)]
     cache = run_suite(repo, work_dir, "cache", cache_config(), [], budget)
     results.append(emit(cache_item(cache)))
+    dgemma = run_suite(repo, work_dir, "dgemma", dgemma_config(), [], budget)
+    results.append(emit(dgemma_item(dgemma)))
     visible = visible_gpus(os.environ)
     pinning = run_suite(repo, work_dir, "pinning", pinning_config(len(visible)), ["-n", "auto"], budget)
     results.append(emit(pinning_item(pinning, visible)))

@@ -86,3 +86,45 @@ def pinning_config(gpu_count: int) -> dict[str, Any]:
         "measured_rounds": 1,
         "seed": 0,
     }
+
+
+DGEMMA_CANVAS = 32
+DGEMMA_STEPS = 8
+DGEMMA_GEN = 64
+#: A random-init DiffusionGemma of a middling shape with Gemma's vocabulary (about 0.37 B
+#: parameters, bf16): big enough to exercise the CUDA path, small enough to write in seconds.
+DGEMMA_MID: Mapping[str, Any] = {
+    "name": "dgemma-mid",
+    "kind": "diffusion_gemma",
+    "source": "random-init",
+    "dtype": "bfloat16",
+    "device": "cuda",
+    "arch": {
+        "vocab_size": 262144,
+        "hidden_size": 1024,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "global_head_dim": 256,
+        "num_experts": 8,
+        "top_k_experts": 2,
+        "moe_intermediate_size": 512,
+        "max_position_embeddings": 4096,
+        "canvas_length": DGEMMA_CANVAS,
+    },
+}
+
+
+def dgemma_config() -> dict[str, Any]:
+    """DiffusionGemma at batch 1 and 4, a dynamic and a static cache (the library compiles the
+    decoder with the static one): every canvas runs its steps on random weights."""
+    return {
+        "models": [dict(DGEMMA_MID)],
+        "grid": {"prompt_length": [64], "gen_length": [DGEMMA_GEN], "batch_size": [1, 4]},
+        "diffusion_gemma": {"max_denoising_steps": [DGEMMA_STEPS], "cache_implementation": ["dynamic", "static"]},
+        "warmup_rounds": 1,
+        "measured_rounds": 2,
+        "seed": 0,
+    }

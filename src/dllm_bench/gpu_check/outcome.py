@@ -17,6 +17,7 @@ ITEMS: tuple[tuple[str, str], ...] = (
     ("sampler", "bf16 LLaDA sampler token-identical to the reference on GPU, tied confidences handled"),
     ("cache", "8B-shape LLaDA (4 layers, bf16), cache none and dual at two grid points: dual faster, tokens/s"),
     ("oom", "an oversized batch with --allow-oom: the row says oom and the run goes on"),
+    ("dgemma", "random-init DiffusionGemma (bf16), dynamic and static cache: rows ok with decoder/encoder passes"),
 )
 ITEM_NAMES: tuple[str, ...] = tuple(name for name, _ in ITEMS)
 

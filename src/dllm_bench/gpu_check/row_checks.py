@@ -172,3 +172,29 @@ def check_oom(partial_rows: Sequence[Row], exit_code: int | None) -> CheckResult
         "oom",
         f"{first.case_id} says oom ({(first.error or '')[:80]}); {len(later_ok)} cases ran ok after it, exit 0",
     )
+
+
+def check_dgemma(rows: Sequence[Row], *, canvases: int, steps: int, canvas: int) -> CheckResult:
+    """Every DiffusionGemma row ok, for both cache implementations, with the decoder passes a
+    random-weight model makes (adaptive stopping never fires: every canvas runs all its
+    steps), the encoder's passes (the prompt, then each canvas but the last) and the library's
+    tokens_per_forward (at most a canvas per pass, and at most the tokens over the passes)."""
+    if not rows:
+        return failed("dgemma", "no rows")
+    problems = [f"{row.case_id}: {row.status} {row.error or ''}".strip() for row in rows if not row.ok]
+    caches = {row.cache_implementation for row in rows if row.ok}
+    if caches != {"dynamic", "static"}:
+        problems.append(f"ok rows for caches {sorted(c or '' for c in caches)}, expected dynamic and static")
+    for row in ok_rows(rows):
+        if row.nfe != canvases * steps:
+            problems.append(f"{row.case_id}: nfe {row.nfe}, expected {canvases * steps} decoder passes")
+        if row.encoder_nfe != canvases:
+            problems.append(f"{row.case_id}: encoder_nfe {row.encoder_nfe}, expected {canvases}")
+        tpf = row.tokens_per_forward
+        if tpf is None or not 0 < tpf <= canvas * canvases / (canvases * steps):
+            problems.append(f"{row.case_id}: tokens_per_forward {tpf}")
+    if problems:
+        return failed("dgemma", "; ".join(problems))
+    fastest = max(number(row, "tokens_per_s") or 0.0 for row in rows)
+    detail = f"{len(rows)} rows ok (dynamic and static cache), nfe {canvases * steps}, up to {fastest:.0f} tokens/s"
+    return passed("dgemma", detail)

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 
 import torch
 
+from dllm_bench.gpu_check.grids import DGEMMA_CANVAS, DGEMMA_GEN, DGEMMA_STEPS
 from dllm_bench.gpu_check.outcome import CheckResult, failed
 from dllm_bench.gpu_check.row_checks import (
     check_cache_speed,
+    check_dgemma,
     check_energy,
     check_environment,
     check_memory,
@@ -43,3 +45,10 @@ def pinning_item(run: SuiteRun, visible: Sequence[str]) -> CheckResult:
     if problem is not None:
         return failed("pinning", problem)
     return check_pinning(run.rows(), visible)
+
+
+def dgemma_item(run: SuiteRun) -> CheckResult:
+    problem = run.problem()
+    if problem is not None:
+        return failed("dgemma", problem)
+    return check_dgemma(run.rows(), canvases=DGEMMA_GEN // DGEMMA_CANVAS, steps=DGEMMA_STEPS, canvas=DGEMMA_CANVAS)
