@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from dllm_bench.config import ConfigError, check_runnable, load_config, parse_config
 from dllm_bench.sampling.schedule import LladaSettings
@@ -251,3 +252,24 @@ def test_model_identity_changes_with_every_key_of_the_entry(tmp_path: Path) -> N
         change(raw["models"][0])
         ids.add(parse_config(raw, tmp_path / "grid.yaml").models[0].model_id)
     assert len(ids) == len(changes) + 1
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parent.parent / "config").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("shipped", SHIPPED_CONFIGS, ids=[p.name for p in SHIPPED_CONFIGS])
+def test_every_shipped_config_is_valid_and_a_gpu_grid_is_refused_without_a_gpu(shipped: Path, tmp_path: Path) -> None:
+    """Every grid in config/ parses (a jsonl file it names is written beside its copy); one
+    that asks for CUDA is refused on a machine without it, naming the device key."""
+    text = shipped.read_text(encoding="utf-8")
+    jsonl = (yaml.safe_load(text).get("tasks") or {}).get("jsonl")
+    if jsonl:
+        (tmp_path / jsonl["path"]).write_text('{"prompt": "1 + 1 =", "answer": "2"}\n', encoding="utf-8")
+    (tmp_path / shipped.name).write_text(text, encoding="utf-8")
+    config = load_config(tmp_path / shipped.name)
+    if any(m.device.startswith("cuda") for m in config.models) and not torch.cuda.is_available():
+        with pytest.raises(ConfigError) as error:
+            check_runnable(config)
+        assert "models[0].device" in str(error.value) and "jsonl" not in str(error.value)
+    else:
+        check_runnable(config)
