@@ -22,8 +22,9 @@ from dllm_bench.config import ConfigError, parse_config
 from dllm_bench.feed import PromptFeed
 from dllm_bench.models.loader import LoadedModel, ModelCache, ModelLoadError
 from dllm_bench.runner import CallRecorder, case_feed, case_task, run_case
+from dllm_bench.sinks.report.data import pair_with_ar, strategy_label
 from dllm_bench.tasks import PromptBatch
-from tests.helpers import TINY_DGEMMA_ARCH, TINY_LLADA_ARCH
+from tests.helpers import TINY_DGEMMA_ARCH, TINY_LLADA_ARCH, TINY_LLAMA_ARCH
 
 SEED = 3
 
@@ -267,3 +268,19 @@ def test_a_hook_on_the_whole_model_sees_no_pass_and_the_recorder_refuses_an_nfe(
     with pytest.raises(RuntimeError, match="no forward pass of the counted module"):
         recorder.nfe()
     assert backend(case.kind).counted_module(loaded) is loaded.model.model.decoder  # type: ignore[union-attr]
+
+
+def test_the_report_pairs_diffusion_gemma_with_the_ar_twin_as_a_diffusion_family(models: ModelCache) -> None:
+    """A DiffusionGemma row and an AR row of the same task and shape: one speed-up pair, the
+    DiffusionGemma row labelled by its own settings, never as AR."""
+    raw = dgemma_config(max_denoising_steps=2)
+    raw["models"].append({"name": "tiny-llama", "kind": "baseline", "source": "random-init", "device": "cpu"})
+    raw["models"][1]["arch"] = TINY_LLAMA_ARCH
+    raw["grid"]["batch_size"] = [1]
+    rows = [run_case(case, models.get(case.model)) for case in cases_of(raw)]
+    assert [row.kind for row in rows] == ["diffusion_gemma", "baseline"]
+    pairing = pair_with_ar(rows)
+    assert [(p.diffusion_case, p.reference_case) for p in pairing.speedups] == [
+        ("tiny-dgemma-p8-g16-b1-d2", "tiny-llama-p8-g16-b1")
+    ]
+    assert strategy_label(rows[0]) == "d2" and strategy_label(rows[1]) == "AR"
