@@ -331,8 +331,11 @@ def greedy_call(
 ) -> Callable[[], torch.Tensor]:
     """Greedy transformers generate with the KV cache over the feed's selected batch (left
     padding masked): exactly `new_tokens` new tokens (EOS suppressed until then), or with
-    `fixed_length=False` stopping at EOS."""
+    `fixed_length=False` stopping at EOS. EOS is every id of `loaded.eos_ids` (the config's
+    and the generation config's, e.g. Gemma's end-of-sequence and end-of-turn ids), the ids
+    the suite counts and cuts answers at."""
     pad_id = loaded.pad_id if loaded.pad_id is not None else (loaded.eos_ids[0] if loaded.eos_ids else 0)
+    eos_ids = list(loaded.eos_ids) or None
     generate_fn: Callable[..., torch.Tensor] = loaded.model.generate  # type: ignore[assignment]
 
     def call() -> torch.Tensor:
@@ -345,6 +348,7 @@ def greedy_call(
                 do_sample=False,
                 use_cache=True,
                 pad_token_id=pad_id,
+                eos_token_id=eos_ids,
             )
         return output if recorder is None else recorder.record(output)
 

@@ -181,17 +181,19 @@ def _describe(
     spec: ModelSpec, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, seconds: float
 ) -> LoadedModel:
     cfg: Any = getattr(model, "config", None)
-    vocab_size = int(getattr(cfg, "embedding_size", None) or cfg.vocab_size)
-    mask_id = getattr(cfg, "mask_token_id", None)
+
+    def value(name: str) -> Any:
+        return _config_value(cfg, name)
+
+    vocab_size = int(value("embedding_size") or value("vocab_size"))
+    mask_id = value("mask_token_id")
     generation: Any = getattr(model, "generation_config", None)
-    eos_ids = tuple(
-        sorted({*_as_ids(getattr(cfg, "eos_token_id", None)), *_as_ids(getattr(generation, "eos_token_id", None))})
-    )
-    pad_id = getattr(cfg, "pad_token_id", None)
-    bos_ids = _as_ids(getattr(cfg, "bos_token_id", None))
+    eos_ids = tuple(sorted({*_as_ids(value("eos_token_id")), *_as_ids(getattr(generation, "eos_token_id", None))}))
+    pad_id = value("pad_token_id")
+    bos_ids = _as_ids(value("bos_token_id"))
     special = {*eos_ids, *bos_ids}
     special.update(i for i in (mask_id, pad_id) if i is not None)
-    max_length = getattr(cfg, "max_sequence_length", None) or getattr(cfg, "max_position_embeddings", None)
+    max_length = value("max_sequence_length") or value("max_position_embeddings")
     return LoadedModel(
         spec=spec,
         model=model,
@@ -205,6 +207,15 @@ def _describe(
         max_length=int(max_length) if max_length else None,
         load_seconds=seconds,
     )
+
+
+def _config_value(cfg: Any, name: str) -> Any:
+    """A config value, from the text config where the model's config has none (a multimodal
+    config such as Gemma 4's keeps the vocabulary and token ids in ``text_config``)."""
+    value = getattr(cfg, name, None)
+    if value is None and hasattr(cfg, "get_text_config"):
+        value = getattr(cfg.get_text_config(), name, None)
+    return value
 
 
 def _as_ids(value: object) -> tuple[int, ...]:
