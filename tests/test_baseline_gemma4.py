@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -102,6 +103,12 @@ def _config_with(arch: dict[str, Any]) -> dict[str, Any]:
     raw = copy.deepcopy(tiny_config())
     raw["models"][1] = {"name": "tiny-gemma4", "kind": "baseline", "source": "random-init", "arch": arch}
     return raw
+
+
+def test_the_readme_example_is_the_tiny_gemma4() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```yaml\nmodels:\n  - name: tiny-gemma4\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load("models:\n  - name: tiny-gemma4\n" + block)["models"][0]["arch"] == TINY_GEMMA4
 
 
 def test_gemma4_arch_is_accepted(tmp_path: Path) -> None:
@@ -233,10 +240,22 @@ def test_every_eos_id_stops_and_is_suppressed(gemma4: LoadedModel, tmp_path: Pat
 # --- the multimodal gemma4 layout of the hub checkpoints ----------------------------------------
 
 
-def _tiny_multimodal(folder: Path) -> Path:
+# The text part of google/gemma-4-26B-A4B-it: a mixture of experts, keys equal values in
+# the full-attention layers (with their own KV heads).
+TINY_MOE = {
+    "enable_moe_block": True,
+    "num_experts": 4,
+    "top_k_experts": 2,
+    "moe_intermediate_size": 16,
+    "attention_k_eq_v": True,
+    "num_global_key_value_heads": 1,
+}
+
+
+def _tiny_multimodal(folder: Path, text_arch: dict[str, Any]) -> Path:
     """A random `Gemma4ForConditionalGeneration` in the layout of google/gemma-4-*-it: the
     vocabulary and token ids in `text_config`, two EOS ids in generation_config.json."""
-    text = Gemma4TextConfig(**{k: v for k, v in TINY_GEMMA4.items() if k != "model_type"})
+    text = Gemma4TextConfig(**{k: v for k, v in text_arch.items() if k != "model_type"})
     vision = Gemma4VisionConfig(
         hidden_size=16,
         intermediate_size=32,
@@ -249,7 +268,7 @@ def _tiny_multimodal(folder: Path) -> Path:
     )
     # Multimodal token ids inside the tiny vocabulary (the defaults are above 255999).
     names = ("boi_token_id", "eoi_token_id", "image_token_id", "video_token_id", "boa_token_id", "eoa_token_index")
-    ids = {name: 150 + i for i, name in enumerate((*names, "audio_token_id"))}
+    ids: dict[str, Any] = {name: 150 + i for i, name in enumerate((*names, "audio_token_id"))}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Gemma4ForConditionalGeneration(Gemma4Config(text_config=text, vision_config=vision, **ids))
@@ -258,8 +277,9 @@ def _tiny_multimodal(folder: Path) -> Path:
     return folder
 
 
-def test_multimodal_gemma4_checkpoint_runs_through_greedy_call(tmp_path: Path) -> None:
-    folder = _tiny_multimodal(tmp_path / "gemma4-it")
+@pytest.mark.parametrize("text_arch", [TINY_GEMMA4, {**TINY_GEMMA4, **TINY_MOE}], ids=["dense", "moe"])
+def test_multimodal_gemma4_checkpoint_runs_through_greedy_call(tmp_path: Path, text_arch: dict[str, Any]) -> None:
+    folder = _tiny_multimodal(tmp_path / "gemma4-it", text_arch)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "gemma4" and "vocab_size" not in config and "eos_token_id" not in config
     loaded = load_model(_spec(str(folder)), tmp_path / "unused-cache")
