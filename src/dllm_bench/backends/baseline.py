@@ -14,7 +14,6 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -71,8 +70,6 @@ GEMMA4_MOE_KEYS = ("num_experts", "top_k_experts", "moe_intermediate_size")
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # Keys that set the weights' precision: the entry's `dtype` decides it, once.
 DTYPE_KEYS = ("dtype", "torch_dtype")
-# Keys LlamaConfig reads besides its dataclass fields (transformers 5 converts them to ``rope_parameters``).
-_LLAMA_LEGACY_KEYS = frozenset({"rope_theta", "rope_scaling"})
 _LIBRARY_FIELD = re.compile(r"field '(\w+)'")
 
 
@@ -166,12 +163,13 @@ def _gemma4_shapes(arch: Mapping[str, Any]) -> list[str]:
 
 
 #: The architectures of a random-init baseline entry, by ``arch.model_type``.
-ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType(
+ARCHITECTURES: Mapping[str, Architecture] = types.MappingProxyType(
     {
         "llama": Architecture(
             name="Llama",
             config_class=LlamaConfig,
             model_class=LlamaForCausalLM,
+            # Read by LlamaConfig besides its fields (transformers 5 converts them to rope_parameters).
             extra_types={"rope_theta": (float,), "rope_scaling": ()},
             size_keys=SIZE_KEYS,
             shape_checks=_llama_shapes,
