@@ -363,9 +363,11 @@ def _parse_arch(
         return ()
     backend = BACKENDS[kind]
     before = len(check.problems)
-    unknown = sorted(k for k in arch if k not in backend.arch_keys())
+    unknown = sorted(k for k in arch if k not in backend.arch_keys(arch))
     for name in unknown:
-        check.fail(f"{key}.arch.{name}", f"an architecture key of {backend.arch_class} (unknown key)", show_got=False)
+        check.fail(
+            f"{key}.arch.{name}", f"an architecture key of {backend.arch_class(arch)} (unknown key)", show_got=False
+        )
     for k, v in arch.items():
         if not isinstance(v, int | float | str | bool) and v is not None:
             check.fail(f"{key}.arch.{k}", "a scalar", v)

@@ -28,6 +28,7 @@ from dllm_bench.cases import Case, case_id_of, expand_cases
 from dllm_bench.config import BenchConfig, check_runnable, load_config
 from dllm_bench.environment import capture_environment, threads_warning, usable_cores
 from dllm_bench.finish import FINISH_SINKS, Finish
+from dllm_bench.kinds import CASE_FIXTURES
 from dllm_bench.logs import (
     LOG_DATE_FORMAT,
     LOG_FORMAT,
@@ -238,6 +239,7 @@ class RunSession:
     def select(self, items: list[pytest.Item]) -> None:
         """pytest_collection_modifyitems: drop other shards' and (--resume) done cases, then
         fix the plan. Writes the running manifest in the process that writes rows."""
+        drop_tests_without_cases(self.pytest_config, items)
         by_item = {id(item): case for item in items if (case := case_of(item)) is not None}
         if not by_item:
             return
@@ -442,6 +444,19 @@ def _run_dir(
         )
     except (OutputDirError, ResultsFileError, OSError) as exc:
         raise UsageProblem(str(exc)) from None
+
+
+def drop_tests_without_cases(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the benchmark test of a kind the config has no model of: pytest would show its
+    empty parameter set as a skipped `[NOTSET]` test in every run."""
+    empty = [
+        item
+        for item in items
+        if case_of(item) is None and any(name in getattr(item, "fixturenames", ()) for name in CASE_FIXTURES)
+    ]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [item for item in items if item not in empty]
 
 
 def case_of(item: pytest.Item) -> Case | None:

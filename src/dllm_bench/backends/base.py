@@ -34,7 +34,6 @@ class Backend(ABC):
 
     spec: KindSpec
     loader_name: str
-    arch_class: str
 
     @property
     def kind(self) -> str:
@@ -61,8 +60,17 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def arch_keys(self) -> frozenset[str]:
-        """The architecture keys a random-init entry of this kind accepts."""
+    def arch_keys(self, arch: Mapping[str, Any]) -> frozenset[str]:
+        """The architecture keys a random-init entry of this kind with `arch` accepts (a kind
+        with several architectures answers for the one `arch` names)."""
+
+    @abstractmethod
+    def arch_class(self, arch: Mapping[str, Any]) -> str:
+        """The config class whose keys `arch_keys` are, as messages name it."""
+
+    def folder_arch(self, arch: Mapping[str, Any]) -> dict[str, Any]:
+        """The architecture keys that name the random-init cache folder of `arch` (all of them)."""
+        return dict(arch)
 
     @abstractmethod
     def check_arch(self, arch: Mapping[str, Any]) -> list[str]:

@@ -139,7 +139,6 @@ def write_diffusion_gemma_folder(folder: Path, arch: Mapping[str, Any], *, seed:
 class DiffusionGemmaBackend(Backend):
     spec = SPEC
     loader_name = "transformers DiffusionGemmaForBlockDiffusion"
-    arch_class = "DiffusionGemmaConfig (text_config keys, and canvas_length, boi/eoi/image_token_id)"
 
     def parse_section(self, check: Checker, raw: Mapping[str, Any] | None, *, used: bool) -> tuple[Settings, ...]:
         section = SPEC.section or ""
@@ -217,8 +216,11 @@ class DiffusionGemmaBackend(Backend):
                 show_got=False,
             )
 
-    def arch_keys(self) -> frozenset[str]:
+    def arch_keys(self, arch: Mapping[str, Any]) -> frozenset[str]:
         return frozenset(ARCH_TYPES)
+
+    def arch_class(self, arch: Mapping[str, Any]) -> str:
+        return "DiffusionGemmaConfig (its text_config keys, and canvas_length, boi/eoi/image_token_id)"
 
     def check_arch(self, arch: Mapping[str, Any]) -> list[str]:
         if MISSING_LIBRARY is not None:

@@ -96,7 +96,6 @@ def _llada_types() -> dict[str, tuple[type, ...]]:
 class LladaBackend(Backend):
     spec = SPEC
     loader_name = "dllm_bench's own LLaDAModelLM"
-    arch_class = "LLaDAConfig"
 
     def parse_section(self, check: Checker, raw: Mapping[str, Any] | None, *, used: bool) -> tuple[Settings, ...]:
         if raw is None:
@@ -171,8 +170,11 @@ class LladaBackend(Backend):
                 show_got=False,
             )
 
-    def arch_keys(self) -> frozenset[str]:
+    def arch_keys(self, arch: Mapping[str, Any]) -> frozenset[str]:
         return frozenset(LLADA_CONFIG_KEYS)
+
+    def arch_class(self, arch: Mapping[str, Any]) -> str:
+        return "LLaDAConfig"
 
     def check_arch(self, arch: Mapping[str, Any]) -> list[str]:
         problems = check_arch_types(arch, _llada_types()) + check_positive(arch, SIZE_KEYS)

@@ -110,8 +110,9 @@ def random_init_folder(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype) -> 
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ModelLoadError(f"the model cache {cache_dir} is not a folder; pass --model-cache-dir with a folder")
     dtype_name = str(dtype).removeprefix("torch.")
-    folder = cache_dir / f"{spec.kind}-{folder_key(spec.kind, spec.arch_dict(), spec.seed, dtype_name)}"
     kind = backend(spec.kind)
+    key = folder_key(spec.kind, kind.folder_arch(spec.arch_dict()), spec.seed, dtype_name)
+    folder = cache_dir / f"{spec.kind}-{key}"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder) + ".lock"):
