@@ -20,8 +20,10 @@ from dllm_bench.backends import diffusion_gemma as dgemma_backend
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import ConfigError, parse_config
 from dllm_bench.feed import PromptFeed
+from dllm_bench.kinds import MODEL_KINDS, is_diffusion
 from dllm_bench.models.loader import LoadedModel, ModelCache, ModelLoadError
 from dllm_bench.runner import CallRecorder, case_feed, case_task, run_case
+from dllm_bench.sinks.csvfiles import FINAL_CSV, read_results
 from dllm_bench.sinks.report.data import pair_with_ar, strategy_label
 from dllm_bench.tasks import PromptBatch
 from tests.helpers import TINY_DGEMMA_ARCH, TINY_LLADA_ARCH, TINY_LLAMA_ARCH
@@ -284,3 +286,22 @@ def test_the_report_pairs_diffusion_gemma_with_the_ar_twin_as_a_diffusion_family
         ("tiny-dgemma-p8-g16-b1-d2", "tiny-llama-p8-g16-b1")
     ]
     assert strategy_label(rows[0]) == "d2" and strategy_label(rows[1]) == "AR"
+
+
+def test_the_families_grid_runs_every_family_and_pairs_each_with_its_ar_twins(
+    bench_project: pytest.Pytester,
+) -> None:
+    """config/families-tiny.yaml end to end in-process: one ok row per case, every kind in
+    the rows, and every diffusion case paired with both AR models in the report."""
+    config = Path(__file__).resolve().parent.parent / "config" / "families-tiny.yaml"
+    result = bench_project.runpytest_inprocess("--config", str(config), "--output-dir", "out")
+    result.assert_outcomes(passed=16)
+    rows = read_results(bench_project.path / "out" / FINAL_CSV)
+    assert len(rows) == 16 and all(row.ok for row in rows)
+    assert {row.kind for row in rows} == set(MODEL_KINDS)
+    pairs = pair_with_ar(rows).speedups
+    diffusion = [row for row in rows if is_diffusion(row.kind)]
+    assert len(pairs) == 2 * len(diffusion)
+    assert {p.reference_model for p in pairs} == {"tiny-gemma4", "tiny-llama"}
+    html = (bench_project.path / "out" / "report.html").read_text(encoding="utf-8")
+    assert all(row.case_id in html for row in rows)
