@@ -145,9 +145,9 @@ class DiffusionGemmaBackend(Backend):
         if used and MISSING_LIBRARY is not None:
             check.fail(section, f"a transformers with DiffusionGemma: {MISSING_LIBRARY}", show_got=False)
             return ()
-        if not used:
+        if raw is None and not used:
             return ()
-        raw = raw or {}
+        raw = raw or {}  # a section without a model of the kind is still checked
         self._known_keys(check, raw, section)
         axes: list[tuple[Any, ...]] = [
             self._axis(check, raw, "block_length", lambda v, k: check.integer(v, k)),
@@ -160,10 +160,13 @@ class DiffusionGemmaBackend(Backend):
             self._axis(check, raw, "cache_implementation", lambda v, k: check.choice(v, k, CACHE_IMPLEMENTATIONS)),
         ]
         settings: dict[DiffusionGemmaSettings, None] = {}
+        refused: set[tuple[float, float]] = set()
         for point in itertools.product(*axes):
             item = DiffusionGemmaSettings(*point)
             if item.t_min is not None and item.t_max is not None and item.t_max <= item.t_min:
-                check.fail(f"{section}.t_max", f"a value above t_min {item.t_min:g}", item.t_max)
+                if (item.t_min, item.t_max) not in refused:  # once per pair, not per grid point
+                    refused.add((item.t_min, item.t_max))
+                    check.fail(f"{section}.t_max", f"a value above t_min {item.t_min:g}", item.t_max)
                 continue
             settings.setdefault(item, None)
         return tuple(settings)
