@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from dllm_bench.rows import Row
 from dllm_bench.sinks.csvfiles import append_row, read_results
 from dllm_bench.sinks.summary import (
-    AUP_HEADER,
     NOISE_NOTE,
-    RELATIVE_SPEED_HEADER,
+    aup_header,
     aup_lines,
+    relative_speed_header,
     relative_speed_lines,
     summary_lines,
 )
@@ -118,12 +119,16 @@ def test_summary_of_no_rows_is_the_header() -> None:
 
 def test_ratio_is_llada_tokens_per_s_over_baseline() -> None:
     lines = relative_speed_lines([llada_row(tokens_per_s=300.0), baseline_row(tokens_per_s=100.0)])
-    assert lines == [RELATIVE_SPEED_HEADER, f"  {LLADA_ID} vs {LLAMA_ID}: 3.00x"]
+    assert lines == [relative_speed_header("LLaDA"), f"  {LLADA_ID} vs {LLAMA_ID}: 3.00x"]
 
 
-def test_header_says_what_the_ratio_is() -> None:
-    assert "tokens_per_s ratio" in RELATIVE_SPEED_HEADER
-    assert ">1 means LLaDA is faster" in RELATIVE_SPEED_HEADER
+def test_header_says_what_the_ratio_is_and_names_the_families_of_the_rows() -> None:
+    header = relative_speed_lines([llada_row(tokens_per_s=300.0), baseline_row(tokens_per_s=100.0)])[0]
+    assert "tokens_per_s ratio" in header
+    assert ">1 means LLaDA is faster" in header
+    dgemma = dataclasses.replace(llada_row(tokens_per_s=200.0), kind="diffusion_gemma", case_id="dg-p8-g8-b2-d4")
+    rows = [llada_row(tokens_per_s=300.0), dgemma, baseline_row(tokens_per_s=100.0)]
+    assert ">1 means LLaDA / DiffusionGemma is faster" in relative_speed_lines(rows)[0]
 
 
 def test_ratios_from_rows_read_back(tmp_path: Path) -> None:
@@ -194,6 +199,6 @@ def test_aup_has_one_line_per_curve_even_when_models_share_a_name() -> None:
         )
     ]
     lines = aup_lines(rows)
-    assert lines[0] == AUP_HEADER
+    assert lines[0] == aup_header("LLaDA")
     scores = sorted(float(line.rsplit(":", 1)[1]) for line in lines[1:])
     assert scores == [10.0, 20.0, 30.0, 40.0]

@@ -6,7 +6,7 @@ raw_metrics.csv.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from dllm_bench.kinds import KIND_SPECS, is_autoregressive, is_diffusion
 from dllm_bench.rows import Row, number
@@ -17,16 +17,26 @@ MISSING = "-"
 COLUMN_GAP = "  "
 INDENT = "  "
 
-# The diffusion kinds' labels, as the headers name them.
-DIFFUSION_LABELS = " / ".join(spec.label for spec in KIND_SPECS if spec.is_diffusion)
-RELATIVE_SPEED_HEADER = (
-    f"{DIFFUSION_LABELS} speed relative to the AR model at the same task, prompt length, gen length and batch size "
-    f"(tokens_per_s ratio; >1 means {DIFFUSION_LABELS} is faster; with a scored task, the accuracy difference in "
-    "points)"
-)
-AUP_HEADER = (
-    f"Accuracy under parallelism (AUP) per {DIFFUSION_LABELS} model, task and shape (see the README's 'Quality')"
-)
+
+
+def diffusion_labels(rows: Iterable[Row]) -> str:
+    """The labels of the diffusion kinds of `rows`, as the headers name them (`LLaDA`,
+    `LLaDA / DiffusionGemma`), in the registry's order."""
+    kinds = {row.kind for row in rows}
+    return " / ".join(spec.label for spec in KIND_SPECS if spec.is_diffusion and spec.kind in kinds)
+
+
+def relative_speed_header(labels: str) -> str:
+    return (
+        f"{labels} speed relative to the AR model at the same task, prompt length, gen length and batch size "
+        f"(tokens_per_s ratio; >1 means {labels} is faster; with a scored task, the accuracy difference in points)"
+    )
+
+
+def aup_header(labels: str) -> str:
+    return f"Accuracy under parallelism (AUP) per {labels} model, task and shape (see the README's 'Quality')"
+
+
 NOISE_NOTE = (
     "noise_warning: the machine was busy (load) or the rounds varied (cv); those timings are not reliable, "
     "see the README's 'Stable numbers'"
@@ -123,7 +133,7 @@ def relative_speed_lines(rows: Sequence[Row]) -> list[str]:
     for row in rows:
         if is_autoregressive(row.kind) and row.ok:
             references.setdefault(_shape(row), []).append(row)
-    lines = [RELATIVE_SPEED_HEADER]
+    lines = [relative_speed_header(diffusion_labels(diffusion))]
     named: set[Shape] = set()
     for row in diffusion:
         shape = _shape(row)
@@ -145,7 +155,7 @@ def aup_lines(rows: Sequence[Row]) -> list[str]:
             seen.setdefault(curve_key(row), row.aup)  # the curve AUP was computed over
     if not seen:
         return []
-    lines = [AUP_HEADER]
+    lines = [aup_header(diffusion_labels(row for row in rows if row.aup is not None))]
     for (model, _, task, options, prompt_length, gen_length, batch_size), score in seen.items():
         where = f"{model} {task}" + (f" ({options})" if options else "")
         lines.append(f"{INDENT}{where} p{prompt_length} g{gen_length} b{batch_size}: {score:.1f}")
