@@ -18,7 +18,7 @@ from transformers.models.diffusion_gemma import EntropyBoundSamplerConfig
 from dllm_bench.backends import backend
 from dllm_bench.backends import diffusion_gemma as dgemma_backend
 from dllm_bench.cases import Case, expand_cases
-from dllm_bench.config import ConfigError, parse_config
+from dllm_bench.config import ConfigError, check_runnable, parse_config
 from dllm_bench.feed import PromptFeed
 from dllm_bench.kinds import MODEL_KINDS, is_diffusion
 from dllm_bench.models.loader import LoadedModel, ModelCache, ModelLoadError
@@ -239,8 +239,11 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path: Path,
     raw = dgemma_config()
     raw["models"][0] = {"name": "not-dg", "kind": "diffusion_gemma", "source": str(folder), "device": "cpu"}
     case = cases_of(raw)[0]
-    with pytest.raises(ModelLoadError, match=r"it is a llada checkpoint, not DiffusionGemma"):
+    with pytest.raises(ModelLoadError, match=r"\(model_type diffusion_gemma\); it is a llada checkpoint"):
         ModelCache(tmp_path / "cache").get(case.model)
+    # Before that, at config load (nothing written): the folder's config.json names its type.
+    with pytest.raises(ConfigError, match=r"key 'models\[0\].source': expected a DiffusionGemma checkpoint.*llada"):
+        check_runnable(parse_config(raw, Path("dgemma.yaml")))
 
 
 @pytest.mark.parametrize(("source", "key"), [("random-init", "models[0].arch"), ("google/some-id", "diffusion_gemma")])

@@ -394,6 +394,8 @@ def check_runnable(config: BenchConfig) -> None:
             )
         if model.is_local and not Path(model.location()).is_dir():
             check.fail(f"{key}.source", f"an existing model folder ({model.location()} does not exist)", model.source)
+        elif model.is_local and (problem := BACKENDS[model.kind].check_folder(Path(model.location()))):
+            check.fail(f"{key}.source", problem, model.source)
         elif HUB_ID_PATTERN.match(model.source) and Path(model.source).is_dir():
             check.fail(
                 f"{key}.source",

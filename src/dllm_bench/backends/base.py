@@ -84,6 +84,11 @@ class Backend(ABC):
     def write_random_init(self, folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> None:
         """Write a loadable random-init model folder."""
 
+    def check_folder(self, folder: Path) -> str | None:
+        """What is wrong with a local checkpoint folder for this kind, told before any model
+        loads (at config load: nothing is written for a refused run); None when nothing is."""
+        return None
+
     def code_files(self) -> tuple[Path, ...]:
         """Files of the installed package a random-init folder carries (and must still equal)."""
         return ()

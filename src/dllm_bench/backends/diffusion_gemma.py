@@ -11,6 +11,7 @@ it for its own calls and puts the checkpoint's value back after each.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import statistics
 from collections.abc import Callable, Iterator, Mapping
@@ -256,16 +257,21 @@ class DiffusionGemmaBackend(Backend):
     def write_random_init(self, folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> None:
         write_diffusion_gemma_folder(folder, arch, seed=seed, dtype=dtype)
 
+    def check_folder(self, folder: Path) -> str | None:
+        """A local folder whose config.json names another model type is refused at config load."""
+        try:
+            model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return None  # no readable config.json: the loader says what is missing
+        return None if model_type == MODEL_TYPE else _wrong_model_type(model_type)
+
     def load(self, spec: ModelSpec, location: str, dtype: torch.dtype) -> torch.nn.Module:
         if MISSING_LIBRARY is not None:
             raise RuntimeError(MISSING_LIBRARY)
         config, _ = PretrainedConfig.get_config_dict(location, revision=spec.revision)
         model_type = config.get("model_type")
         if model_type != MODEL_TYPE:
-            raise ValueError(
-                f"it is a {model_type or 'unknown'} checkpoint, not DiffusionGemma (model_type {MODEL_TYPE}); "
-                "give a DiffusionGemma checkpoint or change the entry's kind"
-            )
+            raise ValueError(_wrong_model_type(model_type))
         model: torch.nn.Module = DiffusionGemmaForBlockDiffusion.from_pretrained(
             location, dtype=dtype, revision=spec.revision or "main"
         )
@@ -290,6 +296,13 @@ class DiffusionGemmaBackend(Backend):
             return {"ttft_s": stats.mean}
         first = seeded_call(case, loaded, feed, None, new_tokens=canvas)
         return {"ttft_s": statistics.fmean(time_rounds(first, warmup_rounds=1, measured_rounds=case.measured_rounds))}
+
+
+def _wrong_model_type(model_type: object) -> str:
+    return (
+        f"a DiffusionGemma checkpoint (model_type {MODEL_TYPE}); it is a {model_type or 'unknown'} checkpoint: "
+        "give a DiffusionGemma checkpoint or change the entry's kind"
+    )
 
 
 def _positive(check: Checker, value: object, key: str) -> float | None:
