@@ -140,6 +140,7 @@ class DreamSettings:
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any]) -> DreamSettings:
         values: dict[str, Any] = {f.name: columns[f.name] for f in fields(cls) if columns.get(f.name) is not None}
+        values["steps"] = columns.get("steps")  # empty with a threshold
         return cls(**values)
 
 
