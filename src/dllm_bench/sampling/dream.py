@@ -134,15 +134,13 @@ def generate(
     return canvas.x
 
 
-def _shifted_logits(model: torch.nn.Module, canvas: Canvas) -> torch.Tensor:
-    """The logits of the generated positions (B, G, vocab): each from the position before it."""
+def _shifted_logits(model: torch.nn.Module, canvas: Canvas, wanted: torch.Tensor) -> torch.Tensor:
+    """The logits (N, vocab) of the generated positions `wanted` (B, G) marks, in row-major
+    order: each from the position before it, the LM head run for those rows only."""
     start = canvas.prompt_length
-    out = model(
-        canvas.x,
-        attention_mask=canvas.key_mask,
-        position_ids=canvas.positions,
-        logits_to_keep=slice(start - 1, canvas.length - 1),
-    )
+    keep = torch.zeros_like(canvas.x, dtype=torch.bool)
+    keep[:, start - 1 : canvas.length - 1] = wanted
+    out = model(canvas.x, attention_mask=canvas.key_mask, position_ids=canvas.positions, logits_to_keep=keep)
     logits: torch.Tensor = out.logits
     return logits
 
@@ -173,9 +171,11 @@ def _origin_step(
     generated = canvas.x[:, canvas.prompt_length :]
     drawn = torch.rand(int(masked.sum()), device=canvas.x.device) < chance
     proposal = torch.full(drawn.shape, canvas.mask_id, dtype=canvas.x.dtype, device=canvas.x.device)
-    logits = _shifted_logits(model, canvas)[masked]
+    chosen = torch.zeros_like(masked)
+    chosen[masked] = drawn
+    logits = _shifted_logits(model, canvas, chosen)  # a forward also when nothing is drawn, as published
     if bool(drawn.any()):
-        _, proposal[drawn] = sample_tokens(logits[drawn], settings)
+        _, proposal[drawn] = sample_tokens(logits, settings)
     generated[masked] = proposal
 
 
@@ -184,7 +184,7 @@ def _ranked_step(
 ) -> None:
     """Commit `commits` masked positions per row, ranked (or drawn) by the algorithm's confidence."""
     start = canvas.prompt_length
-    logits = _shifted_logits(model, canvas)[masked]
+    logits = _shifted_logits(model, canvas, masked)
     score, tokens = sample_tokens(logits, settings, settings.alg)
     ranked = torch.full(canvas.x.shape, -torch.inf, dtype=logits.dtype, device=canvas.x.device)
     ranked[:, start:][masked] = score
@@ -243,10 +243,16 @@ def _refresh(model: torch.nn.Module, canvas: Canvas, settings: DreamSettings, st
 def _block_logits(
     model: torch.nn.Module, canvas: Canvas, settings: DreamSettings, cache: object, start: int, block: int
 ) -> torch.Tensor:
-    """The shifted logits (B, block, vocab) of the block from a cached forward. The fed part
-    starts at the block, so the block's first row repeats its own logits (as Fast-dLLM's
-    does); that position was committed by the refresh forward."""
+    """The shifted logits (N, vocab) of the block's masked positions, row-major, from a cached
+    forward. The fed part starts at the block, so the block's first position takes its own
+    logits (as Fast-dLLM's does); it was committed by the refresh forward, unless the model
+    predicted the mask id there."""
     end = canvas.length if settings.cache == "prefix" else start + block
+    masked = canvas.x[:, start : start + block] == canvas.mask_id
+    keep: slice | torch.Tensor = slice(0, block)
+    if not bool(masked[:, 0].any()):  # the usual case: the LM head for the masked rows only
+        keep = torch.zeros((canvas.batch, end - start), dtype=torch.bool, device=canvas.x.device)
+        keep[:, : block - 1] = masked[:, 1:]
     out = model(
         canvas.x[:, start:end],
         attention_mask=canvas.key_mask,
@@ -254,10 +260,12 @@ def _block_logits(
         past_key_values=cache,
         replace_position=start,
         use_cache=True,
-        logits_to_keep=slice(0, block),
+        logits_to_keep=keep,
     )
     logits: torch.Tensor = out.logits
-    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    if isinstance(keep, torch.Tensor):
+        return logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)[masked]
 
 
 def _entropy_step(
@@ -271,7 +279,7 @@ def _entropy_step(
 ) -> None:
     view = canvas.x[:, start : start + block]
     masked = view == canvas.mask_id
-    logits = _block_logits(model, canvas, settings, cache, start, block)[masked]
+    logits = _block_logits(model, canvas, settings, cache, start, block)
     score, tokens = sample_tokens(logits, settings, "entropy")
     ranked = torch.full(view.shape, -torch.inf, dtype=logits.dtype, device=view.device)
     ranked[masked] = score
@@ -287,7 +295,7 @@ def _threshold_step(
     """Every row with masked positions commits its most probable one and all at or above the threshold."""
     view = canvas.x[:, start : start + block]
     masked = view == canvas.mask_id
-    logits = _block_logits(model, canvas, settings, cache, start, block)[masked]
+    logits = _block_logits(model, canvas, settings, cache, start, block)
     score, tokens = sample_tokens(logits, settings)
     ranked = torch.full(view.shape, -torch.inf, dtype=logits.dtype, device=view.device)
     ranked[masked] = score

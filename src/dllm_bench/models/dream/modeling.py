@@ -280,7 +280,8 @@ class DreamLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         `DreamKVCache` of its keys and values; with `past_key_values`, the input is the
         positions `[replace_position, replace_position + S)` of the cached canvas, written
         into the cache in place. `logits_to_keep`: a slice or 1-D positions of the input whose
-        logits are computed (None: all).
+        logits are computed (None: all), or a boolean (B, S) tensor: the logits of its True
+        positions, (N, vocab) in row-major order.
         """
         unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_FORWARD_KWARGS)
         if unexpected:
@@ -301,13 +302,25 @@ class DreamLM(PreTrainedModel):  # type: ignore[no-untyped-call]
             keys.append(k)
             values.append(v)
         x = self.model.norm(x)
-        if logits_to_keep is not None:
-            x = x[:, logits_to_keep] if isinstance(logits_to_keep, slice) else x.index_select(1, logits_to_keep)
+        x = _kept(x, logits_to_keep)
         cache = past_key_values
         if use_cache and cache is None:
             cache = DreamKVCache(keys, values)
         output = DreamOutput(logits=self.head(x), past_key_values=cache if use_cache else None)
         return output if return_dict is not False else output.to_tuple()
+
+
+def _kept(x: torch.Tensor, logits_to_keep: LogitsToKeep) -> torch.Tensor:
+    """The final hidden states whose logits are asked for (see `DreamLM.forward`)."""
+    if logits_to_keep is None:
+        return x
+    if isinstance(logits_to_keep, slice):
+        return x[:, logits_to_keep]
+    if logits_to_keep.dtype == torch.bool:
+        if logits_to_keep.shape != x.shape[:2]:
+            raise ValueError(f"a boolean logits_to_keep must have the input's shape {tuple(x.shape[:2])}")
+        return x[logits_to_keep]
+    return x.index_select(1, logits_to_keep)
 
 
 def _check_cache(input_ids: torch.Tensor, cache: DreamKVCache | None, position: int | None, layers: int) -> int:
