@@ -4,6 +4,8 @@ folders, the row a case gives, and the backend's call against the sampler called
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from dllm_bench.models.dream.modeling import DreamLM
 from dllm_bench.models.loader import ModelCache
 from dllm_bench.runner import CallRecorder, case_feed, case_task, run_case
 from dllm_bench.sampling.dream import generate
+from tests.dream_reference import FILES, needs_reference, reference_folder
 from tests.helpers import TINY_LLAMA_ARCH
 
 TINY_DREAM_ARCH: dict[str, Any] = {
@@ -29,6 +32,7 @@ TINY_DREAM_ARCH: dict[str, Any] = {
     "num_key_value_heads": 1,
     "max_position_embeddings": 128,
     "rope_theta": 10000.0,
+    "initializer_range": 0.3,  # peaked predictions: near-uniform ones rank by float noise
     "mask_token_id": 255,
     "eos_token_id": 254,
     "pad_token_id": 254,
@@ -176,3 +180,33 @@ def test_a_section_without_a_model_of_the_kind_is_still_checked() -> None:
     raw["models"][0] = {"name": "tiny-llama", "kind": "baseline", "source": "random-init", "arch": TINY_LLAMA_ARCH}
     with pytest.raises(ConfigError, match=r"dream\.alg"):
         parse_config(copy.deepcopy(raw), Path("dream.yaml"))
+
+
+@needs_reference
+def test_remote_code_runs_the_checkpoints_own_generate(models: ModelCache, tmp_path: Path) -> None:
+    """A folder in the hub layout whose code is the published one (the reference copy): with
+    trust_remote_code the case loads that code and decodes with its own diffusion_generate,
+    which gives the tokens of the suite's sampler on the same weights."""
+    own = next(c for c in cases_of(dream_config(alg="maskgit_plus")) if c.batch_size == 1)
+    loaded = models.get(own.model)
+    folder = tmp_path / "dream-remote"
+    loaded.model.save_pretrained(folder)  # type: ignore[operator]
+    reference = reference_folder()
+    assert reference is not None
+    for name in FILES:
+        shutil.copy(reference / name, folder / name)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    ids = {key: TINY_DREAM_ARCH[key] for key in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")}
+    (folder / "generation_config.json").write_text(json.dumps(ids))
+    raw = dream_config(alg="maskgit_plus")
+    raw["models"][0] = {"name": "remote", "kind": "dream", "source": str(folder), "device": "cpu",
+                        "trust_remote_code": True}
+    case = next(c for c in cases_of(raw) if c.batch_size == 1)
+    remote = models.get(case.model)
+    assert type(remote.model).__name__ == "DreamModel" and not isinstance(remote.model, DreamLM)
+    feed = case_feed(case, remote, case_task(case, remote))
+    theirs = backend("dream").build_call(case, remote, feed, CallRecorder())()
+    ours = backend("dream").build_call(own, loaded, feed, CallRecorder())()
+    assert torch.equal(theirs, ours)

@@ -177,6 +177,7 @@ class DreamBackend(Backend):
             model: torch.nn.Module = AutoModel.from_pretrained(
                 location, trust_remote_code=True, dtype=dtype, revision=spec.revision
             )
+            _reset_rotary(model)
             return model
         return load_dream_checkpoint(location, dtype=dtype, revision=spec.revision)
 
@@ -232,6 +233,18 @@ class DreamBackend(Backend):
         return equal / total if total else None
 
 
+def _reset_rotary(model: torch.nn.Module) -> None:
+    """The published code keeps its rotary frequencies in non-persistent buffers, which
+    transformers 5's from_pretrained leaves uninitialised (they are not in the weights); its
+    own `reset_rope_parameters` computes them again."""
+    reset: Any = getattr(model, "reset_rope_parameters", None)
+    if callable(reset):
+        reset()
+        LOG.info("recomputed the rotary buffers of the checkpoint's own code (reset_rope_parameters)")
+    else:
+        LOG.warning("the checkpoint's own code has no reset_rope_parameters; its rotary buffers are as loaded")
+
+
 def _own_decode(
     model: torch.nn.Module,
     prompt: torch.Tensor,
@@ -257,6 +270,9 @@ def _remote_decode(
         raise TypeError("the checkpoint's own code has no diffusion_generate; is it a Dream checkpoint?")
     output = generate_fn(
         prompt,
+        # The checkpoint's own generation config: without one the published code builds it from the
+        # model config, which transformers 5 refuses (eps).
+        generation_config=getattr(model, "generation_config", None),
         attention_mask=mask,
         max_new_tokens=gen_length,
         steps=settings.steps,
