@@ -223,3 +223,20 @@ def test_tokens_equal_fast_dllm_block_sampler(model: DreamLM, prompt: torch.Tens
         threshold=settings.threshold,
     )
     assert torch.equal(generate(model, prompt, settings, gen_length=16, mask_id=MASK), expected)
+
+
+class MaskPredictor(torch.nn.Module):
+    """A stand-in model (not the thing under test) whose most probable token is always the mask id."""
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> types.SimpleNamespace:
+        logits = torch.zeros((*input_ids.shape, 256))
+        logits[..., MASK] = 5.0
+        keep = kwargs.get("logits_to_keep")
+        kept = logits if keep is None else logits[keep] if isinstance(keep, torch.Tensor) else logits[:, keep]
+        return types.SimpleNamespace(logits=kept, past_key_values=object())
+
+
+def test_a_threshold_block_that_cannot_complete_fails_instead_of_looping(prompt: torch.Tensor) -> None:
+    settings = DreamSettings(steps=None, alg="maskgit_plus", cache="dual", block_length=8, threshold=0.9)
+    with pytest.raises(RuntimeError, match="predicts the mask id 250"):
+        generate(MaskPredictor(), prompt, settings, gen_length=16, mask_id=MASK)

@@ -213,7 +213,14 @@ def _blocks(model: torch.nn.Module, canvas: Canvas, settings: DreamSettings) -> 
         step = 1
         while bool(torch.eq(canvas.x[:, start : start + block], canvas.mask_id).any()):
             if settings.threshold is not None:
+                left = int(torch.eq(canvas.x[:, start : start + block], canvas.mask_id).sum())
                 _threshold_step(model, canvas, settings, cache, start, block)
+                if int(torch.eq(canvas.x[:, start : start + block], canvas.mask_id).sum()) == left:
+                    raise RuntimeError(
+                        f"the model predicts the mask id {canvas.mask_id} as its most probable token at block "
+                        f"position {start}: the threshold rule would never complete the block (Fast-dLLM's loops "
+                        "forever); use a threshold-free setting or check the checkpoint's mask_token_id"
+                    )
                 continue
             if step >= per_block:
                 break
