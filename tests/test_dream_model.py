@@ -194,6 +194,20 @@ def test_logits_equal_the_published_model(model: DreamLM) -> None:
 
 
 @needs_reference
+def test_bfloat16_logits_equal_the_published_model(model: DreamLM) -> None:
+    """In bf16 too, with the published rotary frequencies in float32 as its model computes them
+    (a `.to(bfloat16)` rounds that buffer; its own reset_rope_parameters computes it again)."""
+    reference = reference_model(model.state_dict(), ARCH).to(torch.bfloat16)
+    reference.reset_rope_parameters()
+    ours = DreamLM(DreamConfig(**ARCH)).eval()
+    ours.load_state_dict(model.state_dict())
+    ours = ours.to(torch.bfloat16)
+    x = torch.randint(0, MASK, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(ours(x).logits, reference(x).logits)
+
+
+@needs_reference
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 @pytest.mark.parametrize("alg", ALGS)
 def test_tokens_equal_the_published_sampler(model: DreamLM, prompt: torch.Tensor, alg: str, temperature: float) -> None:
