@@ -52,7 +52,8 @@ class DreamConfig(PretrainedConfig):  # type: ignore[no-untyped-call]
         values = {key: kwargs.pop(key, default) for key, default in DREAM_DEFAULTS.items()}
         tie = bool(values.pop("tie_word_embeddings"))
         for key, value in values.items():
-            setattr(self, key, value)
+            if key != "rope_scaling" or value is not None:  # transformers 5 warns on a rope_scaling attribute
+                setattr(self, key, value)
         if values["num_key_value_heads"] is None:
             self.num_key_value_heads = values["num_attention_heads"]
         kwargs.pop("use_cache", None)  # a diffusion model keeps no cache between calls
