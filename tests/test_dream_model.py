@@ -254,3 +254,35 @@ def test_a_threshold_block_that_cannot_complete_fails_instead_of_looping(prompt:
     settings = DreamSettings(steps=None, alg="maskgit_plus", cache="dual", block_length=8, threshold=0.9)
     with pytest.raises(RuntimeError, match="predicts the mask id 250"):
         generate(MaskPredictor(), prompt, settings, gen_length=16, mask_id=MASK)
+
+
+#: The keys of Dream-org/Dream-v0-Instruct-7B's config.json (from memory of the published file, not
+#: downloaded here), at the tiny test size: what a hub checkpoint's folder holds besides the weights.
+PUBLISHED_LAYOUT: dict[str, Any] = {
+    "architectures": ["DreamModel"],
+    "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+    "attention_dropout": 0.0,
+    "hidden_act": "silu",
+    "max_window_layers": 28,
+    "model_type": "Dream",
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.46.2",
+    "use_cache": False,
+    "use_sliding_window": False,
+}
+
+
+def test_a_folder_in_the_published_layout_loads_by_weight_name(model: DreamLM, tmp_path: Path) -> None:
+    """config.json with the published keys, safetensors weights under the published names, no code."""
+    (tmp_path / "config.json").write_text(json.dumps({**PUBLISHED_LAYOUT, **ARCH}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    loaded = load_dream_checkpoint(tmp_path, dtype=torch.float32)
+    x = torch.randint(0, MASK, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    assert loaded.config.mask_token_id == MASK and loaded.config.rope_theta == ARCH["rope_theta"]
