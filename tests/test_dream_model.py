@@ -286,3 +286,21 @@ def test_a_folder_in_the_published_layout_loads_by_weight_name(model: DreamLM, t
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, model(x).logits)
     assert loaded.config.mask_token_id == MASK and loaded.config.rope_theta == ARCH["rope_theta"]
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_draws_follow_the_filtered_distribution(model: DreamLM, prompt: torch.Tensor, cache: str) -> None:
+    """At temperature > 0 the block's first token is a draw from softmax(logits / T) of the refresh
+    forward, restricted to the top-k: over 400 seeds the frequencies match those probabilities."""
+    settings = DreamSettings(steps=2, alg="entropy", temperature=1.5, top_k=4, cache=cache, block_length=2)
+    with torch.no_grad():
+        logits = model(prompt).logits[0, -1] / 1.5
+    top = torch.topk(logits, 4)
+    probs = torch.zeros_like(logits)
+    probs[top.indices] = torch.softmax(top.values, dim=-1)
+    counts = torch.zeros_like(logits)
+    for seed in range(400):
+        torch.manual_seed(seed)
+        counts[generate(model, prompt, settings, gen_length=2, mask_id=MASK)[0, prompt.shape[1]]] += 1
+    assert set(counts.nonzero().flatten().tolist()) <= set(top.indices.tolist())
+    assert 0.5 * float((counts / 400 - probs).abs().sum()) < 0.1  # total variation
