@@ -16,5 +16,9 @@ def test_diffusion_gemma(diffusion_gemma_case: Case, bench: CaseRunner) -> None:
     bench.run(diffusion_gemma_case)
 
 
+def test_dream(dream_case: Case, bench: CaseRunner) -> None:
+    bench.run(dream_case)
+
+
 def test_baseline(baseline_case: Case, bench: CaseRunner) -> None:
     bench.run(baseline_case)

@@ -135,8 +135,8 @@ def test_gemma4_arch_is_accepted(tmp_path: Path) -> None:
         ),
         ({"enable_moe_block": True}, "models[1].arch.num_experts", "with enable_moe_block: true"),
         ({"dtype": "bfloat16"}, "models[1].arch.dtype", "the entry's dtype key"),
-        ({"model_type": "mistral"}, "models[1].arch.model_type", "one of llama, gemma4_text, got 'mistral'"),
-        ({"model_type": 4}, "models[1].arch.model_type", "one of llama, gemma4_text, got 4"),
+        ({"model_type": "mistral"}, "models[1].arch.model_type", "one of llama, gemma4_text, qwen2, got 'mistral'"),
+        ({"model_type": 4}, "models[1].arch.model_type", "one of llama, gemma4_text, qwen2, got 4"),
         # Refused by the library (huggingface_hub's strict dataclass), with its own message.
         (
             {"use_bidirectional_attention": "sideways"},
@@ -161,7 +161,7 @@ def test_gemma4_keys_are_refused_for_a_llama() -> None:
     assert "sliding_window" in backend.arch_keys(TINY_GEMMA4)
     assert backend.arch_class(TINY_LLAMA_ARCH) == "LlamaConfig"
     assert backend.arch_class(TINY_GEMMA4) == "Gemma4TextConfig"
-    with pytest.raises(ValueError, match="llama, gemma4_text"):
+    with pytest.raises(ValueError, match="llama, gemma4_text, qwen2"):
         write_causal_lm_folder(Path("unused"), {"model_type": "gemma3"}, seed=0, dtype=torch.float32)
 
 

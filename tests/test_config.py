@@ -56,7 +56,12 @@ BAD_CONFIGS: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("wrong type", lambda c: c["grid"].update(batch_size=["two"]), "grid.batch_size", "expected an integer"),
     ("float for an integer", lambda c: c["grid"].update(batch_size=[2.0]), "grid.batch_size", "write 2, not 2.0"),
     ("wrong type of float", lambda c: c["llada"].update(temperature="hot"), "llada.temperature", "expected a number"),
-    ("bad kind", lambda c: c["models"][0].update(kind="diffuse"), "models[0].kind", "llada, diffusion_gemma, baseline"),
+    (
+        "bad kind",
+        lambda c: c["models"][0].update(kind="diffuse"),
+        "models[0].kind",
+        "llada, diffusion_gemma, dream, baseline",
+    ),
     ("non-positive size", lambda c: c["grid"].update(gen_length=[0]), "grid.gen_length", "positive integer"),
     ("negative batch", lambda c: c["grid"].update(batch_size=[-2]), "grid.batch_size", "positive integer"),
     ("huge batch", lambda c: c["grid"].update(batch_size=[10**9]), "grid.batch_size", "<= 1048576"),

@@ -312,16 +312,16 @@ def test_the_families_grid_runs_every_family_and_pairs_each_with_its_ar_twins(
     bench_project: pytest.Pytester,
 ) -> None:
     """config/families-tiny.yaml end to end in-process: one ok row per case, every kind in
-    the rows, and every diffusion case paired with both AR models in the report."""
+    the rows, and every diffusion case paired with every AR model (Llama, Gemma 4, Qwen2) in the report."""
     config = Path(__file__).resolve().parent.parent / "config" / "families-tiny.yaml"
     result = bench_project.runpytest_inprocess("--config", str(config), "--output-dir", "out")
-    result.assert_outcomes(passed=16)
+    result.assert_outcomes(passed=22)
     rows = read_results(bench_project.path / "out" / FINAL_CSV)
-    assert len(rows) == 16 and all(row.ok for row in rows)
+    assert len(rows) == 22 and all(row.ok for row in rows)
     assert {row.kind for row in rows} == set(MODEL_KINDS)
     pairs = pair_with_ar(rows).speedups
     diffusion = [row for row in rows if is_diffusion(row.kind)]
-    assert len(pairs) == 2 * len(diffusion)
-    assert {p.reference_model for p in pairs} == {"tiny-gemma4", "tiny-llama"}
+    assert len(pairs) == 3 * len(diffusion)
+    assert {p.reference_model for p in pairs} == {"tiny-gemma4", "tiny-llama", "tiny-qwen2"}
     html = (bench_project.path / "out" / "report.html").read_text(encoding="utf-8")
     assert all(row.case_id in html for row in rows)

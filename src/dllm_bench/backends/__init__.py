@@ -10,6 +10,7 @@ from types import MappingProxyType
 from dllm_bench.backends.base import Backend
 from dllm_bench.backends.baseline import BaselineBackend
 from dllm_bench.backends.diffusion_gemma import DiffusionGemmaBackend
+from dllm_bench.backends.dream import DreamBackend
 from dllm_bench.backends.llada import LladaBackend
 from dllm_bench.kinds import MODEL_KINDS, KindSpecError, Settings
 
@@ -23,7 +24,9 @@ def _registry(backends: tuple[Backend, ...]) -> Mapping[str, Backend]:
     return MappingProxyType({kind: by_kind[kind] for kind in MODEL_KINDS})
 
 
-BACKENDS: Mapping[str, Backend] = _registry((LladaBackend(), DiffusionGemmaBackend(), BaselineBackend()))
+BACKENDS: Mapping[str, Backend] = _registry(
+    (LladaBackend(), DiffusionGemmaBackend(), DreamBackend(), BaselineBackend())
+)
 
 
 def backend(kind: str) -> Backend:

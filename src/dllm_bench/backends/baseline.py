@@ -25,6 +25,8 @@ from transformers import (
     LlamaForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from dllm_bench.backends.base import Backend, check_arch_types, check_positive
@@ -182,6 +184,15 @@ ARCHITECTURES: Mapping[str, Architecture] = types.MappingProxyType(
             extra_types={"global_head_dim": (int,), "num_global_key_value_heads": (int, type(None))},
             size_keys=GEMMA4_SIZE_KEYS,
             shape_checks=_gemma4_shapes,
+        ),
+        "qwen2": Architecture(
+            name="Qwen2",
+            config_class=Qwen2Config,
+            model_class=Qwen2ForCausalLM,
+            # Dream's AR twin (Dream-v0 was initialised from Qwen2.5); read besides its fields as for Llama.
+            extra_types={"rope_theta": (float,), "rope_scaling": ()},
+            size_keys=SIZE_KEYS,
+            shape_checks=_llama_shapes,
         ),
     }
 )
