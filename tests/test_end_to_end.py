@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dllm_bench.kinds import MODEL_KINDS
 from dllm_bench.rows import COLUMN_NAMES
 from tests.helpers import FINAL, PARTIAL, TINY_LLADA_ARCH, rows, tiny_config, write_config
 
@@ -115,7 +116,8 @@ def test_resume_of_a_finished_grid_runs_nothing_and_says_so_in_the_log(bench_pro
     assert again.ret == pytest.ExitCode.OK
     output = again.stdout.str() + again.stderr.str()
     assert "all 3 selected cases already have ok rows" in output
-    assert "4 deselected" in output  # the 3 done cases, and the test of the kind without models
+    # The 3 done cases, and the test of each kind the config has no model of (it has 2 kinds).
+    assert f"{3 + len(MODEL_KINDS) - 2} deselected" in output
     assert "all 3 selected cases already have ok rows" in (run_dir / "benchmark.log").read_text()
     assert _run_dirs(bench_project) == [run_dir]
     assert (run_dir / PARTIAL).read_bytes() == before
