@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dllm_bench.kinds.dream import DreamSettings, DreamSettingsError
-from dllm_bench.models.dream.checkpoint import DreamCheckpointError, load_dream_checkpoint
+from dllm_bench.models.checkpoint import CheckpointError
+from dllm_bench.models.dream.checkpoint import load_dream_checkpoint
 from dllm_bench.models.dream.configuration import DreamConfig
 from dllm_bench.models.dream.modeling import DreamLM
 from dllm_bench.sampling.dream import generate
@@ -112,13 +113,13 @@ def test_checkpoint_loads_by_name_and_refuses_other_layouts(model: DreamLM, tmp_
     weights = load_file(folder / "model.safetensors")
     weights["model.extra.weight"] = torch.zeros(2)
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(DreamCheckpointError, match=re.escape("model.extra.weight")):
+    with pytest.raises(CheckpointError, match=re.escape("model.extra.weight")):
         load_dream_checkpoint(folder, dtype=torch.float32)
     (folder / "config.json").write_text(json.dumps({**config, "use_sliding_window": True}))
-    with pytest.raises(DreamCheckpointError, match="use_sliding_window: true"):
+    with pytest.raises(CheckpointError, match="use_sliding_window: true"):
         load_dream_checkpoint(folder, dtype=torch.float32)
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "llada"}))
-    with pytest.raises(DreamCheckpointError, match="model_type 'llada'"):
+    with pytest.raises(CheckpointError, match="model_type 'llada'"):
         load_dream_checkpoint(folder, dtype=torch.float32)
 
 
