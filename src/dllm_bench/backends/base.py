@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dllm_bench.kinds import KindSpec, Settings
+from dllm_bench.kinds import SPECS, KindSpec, Settings
 from dllm_bench.spec import Checker, ModelSpec
 
 if TYPE_CHECKING:
@@ -154,3 +154,32 @@ def check_positive(arch: Mapping[str, Any], keys: tuple[str, ...]) -> list[str]:
         for key in keys
         if key in arch and isinstance(arch[key], int) and not isinstance(arch[key], bool) and arch[key] < 1
     ]
+
+
+def check_section_keys(check: Checker, raw: Mapping[str, Any], spec: KindSpec) -> None:
+    """Refuse the unknown keys of a kind's section, naming the section of another kind a key
+    belongs to (`steps` in a section that has none is a key of the llada section)."""
+    section = spec.section or ""
+    for name in raw:
+        if name in spec.section_keys:
+            continue
+        owners = [s.section for s in SPECS.values() if s.section not in (None, section) and name in s.section_keys]
+        hint = f"; {name} is a key of the {owners[0]} section" if owners else ""
+        check.fail(
+            f"{section}.{name}", f"one of the known keys {', '.join(spec.section_keys)} (unknown key{hint})",
+            show_got=False,
+        )
+
+
+def optional_axis(
+    check: Checker, raw: Mapping[str, Any], key: str, name: str, parse: Callable[[object, str], Any]
+) -> tuple[Any, ...]:
+    """An axis of `raw[name]` (reported as `key`) where null is a value, also as a list item
+    (`threshold: [null, 0.9]`); null alone when left out. Values `parse` refuses are dropped
+    (it reports them)."""
+    value = raw.get(name)
+    if value is None:
+        return (None,)
+    items = check.axis(value, key)
+    parsed = [(item, None if item is None else parse(item, key)) for item in items]
+    return tuple(v for item, v in parsed if item is None or v is not None)

@@ -23,8 +23,8 @@ import torch
 import transformers
 from transformers import PretrainedConfig
 
-from dllm_bench.backends.base import Backend, check_arch_types, check_positive
-from dllm_bench.kinds import SPECS, Settings
+from dllm_bench.backends.base import Backend, check_arch_types, check_positive, check_section_keys, optional_axis
+from dllm_bench.kinds import Settings
 from dllm_bench.kinds.diffusion_gemma import CACHE_IMPLEMENTATIONS, SPEC, DiffusionGemmaSettings
 from dllm_bench.models.random_init import write_model_folder
 from dllm_bench.spec import Checker, ModelSpec
@@ -149,16 +149,36 @@ class DiffusionGemmaBackend(Backend):
         if raw is None and not used:
             return ()
         raw = raw or {}  # a section without a model of the kind is still checked
-        self._known_keys(check, raw, section)
+        check_section_keys(check, raw, SPEC)
         axes: list[tuple[Any, ...]] = [
-            self._axis(check, raw, "block_length", lambda v, k: check.integer(v, k)),
-            self._axis(check, raw, "max_denoising_steps", lambda v, k: check.integer(v, k)),
-            self._axis(check, raw, "entropy_bound", lambda v, k: _positive(check, v, k)),
-            self._axis(check, raw, "t_min", lambda v, k: check.real(v, k)),
-            self._axis(check, raw, "t_max", lambda v, k: check.real(v, k)),
-            self._axis(check, raw, "stability_threshold", lambda v, k: check.integer(v, k, minimum=0)),
-            self._axis(check, raw, "confidence_threshold", lambda v, k: _positive(check, v, k)),
-            self._axis(check, raw, "cache_implementation", lambda v, k: check.choice(v, k, CACHE_IMPLEMENTATIONS)),
+            optional_axis(check, raw, f"{section}.block_length", "block_length", lambda v, k: check.integer(v, k)),
+            optional_axis(
+                check, raw, f"{section}.max_denoising_steps", "max_denoising_steps", lambda v, k: check.integer(v, k)
+            ),
+            optional_axis(check, raw, f"{section}.entropy_bound", "entropy_bound", lambda v, k: _positive(check, v, k)),
+            optional_axis(check, raw, f"{section}.t_min", "t_min", lambda v, k: check.real(v, k)),
+            optional_axis(check, raw, f"{section}.t_max", "t_max", lambda v, k: check.real(v, k)),
+            optional_axis(
+                check,
+                raw,
+                f"{section}.stability_threshold",
+                "stability_threshold",
+                lambda v, k: check.integer(v, k, minimum=0),
+            ),
+            optional_axis(
+                check,
+                raw,
+                f"{section}.confidence_threshold",
+                "confidence_threshold",
+                lambda v, k: _positive(check, v, k),
+            ),
+            optional_axis(
+                check,
+                raw,
+                f"{section}.cache_implementation",
+                "cache_implementation",
+                lambda v, k: check.choice(v, k, CACHE_IMPLEMENTATIONS),
+            ),
         ]
         settings: dict[DiffusionGemmaSettings, None] = {}
         refused: set[tuple[float, float]] = set()
@@ -171,33 +191,6 @@ class DiffusionGemmaBackend(Backend):
                 continue
             settings.setdefault(item, None)
         return tuple(settings)
-
-    @staticmethod
-    def _known_keys(check: Checker, raw: Mapping[str, Any], section: str) -> None:
-        """Unknown keys, naming the section of another kind a key belongs to."""
-        for name in raw:
-            if name in SPEC.section_keys:
-                continue
-            owners = [s.section for s in SPECS.values() if s.section not in (None, section) and name in s.section_keys]
-            hint = f"; {name} is a key of the {owners[0]} section" if owners else ""
-            check.fail(
-                f"{section}.{name}",
-                f"one of the known keys {', '.join(SPEC.section_keys)} (unknown key{hint})",
-                show_got=False,
-            )
-
-    @staticmethod
-    def _axis(
-        check: Checker, raw: Mapping[str, Any], name: str, parse: Callable[[object, str], object]
-    ) -> tuple[Any, ...]:
-        """One axis; left out or null (also as a list item): the checkpoint's value (None)."""
-        value = raw.get(name)
-        if value is None:
-            return (None,)
-        key = f"{SPEC.section}.{name}"
-        items = check.axis(value, key)
-        parsed = [(item, None if item is None else parse(item, key)) for item in items]
-        return tuple(value for item, value in parsed if item is None or value is not None)
 
     def check_grid(self, check: Checker, gen_lengths: tuple[int, ...], settings: tuple[Settings, ...]) -> None:
         """Output comes in whole canvases: every gen_length must be a multiple of every block_length."""

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModel
 
-from dllm_bench.backends.base import Backend, check_arch_types, check_positive
-from dllm_bench.kinds import SPECS, Settings
+from dllm_bench.backends.base import Backend, check_arch_types, check_positive, check_section_keys, optional_axis
+from dllm_bench.kinds import Settings
 from dllm_bench.kinds.dream import ALGORITHMS, CACHE_ALG, CACHE_MODES, SPEC, THRESHOLD_ALG, DreamSettings
 from dllm_bench.models.dream.checkpoint import load_dream_checkpoint
 from dllm_bench.models.dream.configuration import DREAM_CONFIG_KEYS, DREAM_DEFAULTS, DreamConfig
@@ -75,19 +75,21 @@ class DreamBackend(Backend):
             if used:
                 check.fail(SECTION, "the Dream axes (steps, alg, ...) since a model has kind dream", show_got=False)
             return ()
-        _known_keys(check, raw)
-        thresholds = _optional(check, raw, "threshold", lambda v, k: check.real(v, k, maximum=1.0))
+        check_section_keys(check, raw, SPEC)
+        thresholds = optional_axis(
+            check, raw, f"{SECTION}.threshold", "threshold", lambda v, k: check.real(v, k, maximum=1.0)
+        )
         if "steps" not in raw and None in thresholds:
             check.fail(f"{SECTION}.steps", "a positive integer or a list of them (missing)", show_got=False)
         steps = check.int_axis(raw["steps"], f"{SECTION}.steps") if "steps" in raw else ()
         algs = check.choice_axis(raw.get("alg", DEFAULTS.alg), f"{SECTION}.alg", ALGORITHMS)
         alg_temps = check.float_axis(raw.get("alg_temp", DEFAULTS.alg_temp), f"{SECTION}.alg_temp")
         temperatures = check.float_axis(raw.get("temperature", DEFAULTS.temperature), f"{SECTION}.temperature")
-        top_ps = _optional(check, raw, "top_p", lambda v, k: check.real(v, k, maximum=1.0))
-        top_ks = _optional(check, raw, "top_k", lambda v, k: check.integer(v, k))
+        top_ps = optional_axis(check, raw, f"{SECTION}.top_p", "top_p", lambda v, k: check.real(v, k, maximum=1.0))
+        top_ks = optional_axis(check, raw, f"{SECTION}.top_k", "top_k", lambda v, k: check.integer(v, k))
         epss = check.float_axis(raw.get("eps", DEFAULTS.eps), f"{SECTION}.eps")
         caches = check.choice_axis(raw.get("cache", DEFAULTS.cache), f"{SECTION}.cache", CACHE_MODES)
-        blocks = _optional(check, raw, "block_length", lambda v, k: check.integer(v, k))
+        blocks = optional_axis(check, raw, f"{SECTION}.block_length", "block_length", lambda v, k: check.integer(v, k))
         settings: dict[DreamSettings, None] = {}
         reported: set[str] = set()
 
@@ -304,29 +306,3 @@ def _algorithms(
     refuse("alg", f"{wanted} among the algorithms with cache {cache} and {rule} (Fast-dLLM's block sampler "
            f"ranks by {'probability' if threshold is not None else 'entropy'}), got {', '.join(algs)}")
     return ()
-
-
-def _known_keys(check: Checker, raw: Mapping[str, Any]) -> None:
-    """Unknown keys, naming the section of another kind a key belongs to."""
-    for name in raw:
-        if name in SPEC.section_keys:
-            continue
-        owners = [s.section for s in SPECS.values() if s.section not in (None, SECTION) and name in s.section_keys]
-        hint = f"; {name} is a key of the {owners[0]} section" if owners else ""
-        check.fail(
-            f"{SECTION}.{name}", f"one of the known keys {', '.join(SPEC.section_keys)} (unknown key{hint})",
-            show_got=False,
-        )
-
-
-def _optional(
-    check: Checker, raw: Mapping[str, Any], name: str, parse: Callable[[object, str], Any]
-) -> tuple[Any, ...]:
-    """An axis where null is a value (`threshold: [null, 0.9]`); null alone when left out."""
-    value = raw.get(name)
-    if value is None:
-        return (None,)
-    key = f"{SECTION}.{name}"
-    items = check.axis(value, key)
-    parsed = [(item, None if item is None else parse(item, key)) for item in items]
-    return tuple(v for item, v in parsed if item is None or v is not None)
