@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -178,12 +177,11 @@ def test_gemma4_folder_loads_with_auto_model_and_generates(gemma4: LoadedModel) 
     assert gemma4.model.config.layer_types == ["sliding_attention", "full_attention"]  # type: ignore[union-attr]
     assert [layer.self_attn.head_dim for layer in layers] == [16, 16]
     assert (gemma4.vocab_size, gemma4.eos_ids, gemma4.pad_id, gemma4.max_length) == (160, (EOS,), PAD, 256)
-    start = time.perf_counter()
     generated = _generated(gemma4, ROWS, new_tokens=16)
-    seconds = time.perf_counter() - start
     assert [len(row) for row in generated] == [16, 16, 16]
     assert all(0 <= token < 160 and token != EOS for row in generated for token in row)
-    assert seconds < 1.0, f"a 3 x 16-token generate call of the tiny Gemma 4 took {seconds:.2f} s"
+    # Tiny by size, not by a wall-clock time a busy machine could flip (the README says 24k).
+    assert sum(p.numel() for p in gemma4.model.parameters()) < 30_000
 
 
 def test_gemma4_weights_are_seeded(cache_dir: Path, gemma4: LoadedModel) -> None:
