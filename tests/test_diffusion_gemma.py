@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers.models.diffusion_gemma import EntropyBoundSamplerConfig
 
 from dllm_bench.backends import backend
@@ -325,3 +326,15 @@ def test_the_families_grid_runs_every_family_and_pairs_each_with_its_ar_twins(
     assert {p.reference_model for p in pairs} == {"tiny-gemma4", "tiny-llama", "tiny-qwen2"}
     html = (bench_project.path / "out" / "report.html").read_text(encoding="utf-8")
     assert all(row.case_id in html for row in rows)
+
+
+def test_a_random_init_folder_has_no_unset_tensor(tmp_path: Path) -> None:
+    """The library's init_weights skips the encoder layers' layer_scalar buffers: built on the
+    meta device they would hold whatever memory held (NaN in CI). Every tensor of the written
+    folder is finite, and the scalars are the constructor's ones."""
+    folder = tmp_path / "dg"
+    backend("diffusion_gemma").write_random_init(folder, TINY_DGEMMA_ARCH, seed=0, dtype=torch.float32)
+    weights = load_file(folder / "model.safetensors")
+    assert all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
+    scalars = [t for name, t in weights.items() if name.endswith("layer_scalar")]
+    assert scalars and all(bool((t == 1).all()) for t in scalars)

@@ -118,17 +118,41 @@ def _random_model(build: Callable[[], PreTrainedModel], *, seed: int, dtype: tor
     """Build the model on the meta device, allocate it once in ``dtype`` on the CPU, then initialise it.
 
     This skips torch's own per-layer initialisation (which would be overwritten)
-    and never holds a second copy of the weights. The caller's RNG state is
-    left untouched.
+    and never holds a second copy of the weights. Memory that ``init_weights`` leaves
+    untouched would hold whatever was there (DiffusionGemma's ``_init_weights`` skips the
+    encoder layers' ``layer_scalar`` buffers): everything is set to NaN first, and a model
+    with any tensor still not finite after ``init_weights`` is built again on the CPU, where
+    the constructor gives such tensors their values. The caller's RNG state is left untouched.
     """
     with _default_dtype(dtype), torch.device("meta"):
         model = build()
     model.to_empty(device="cpu")
+    if dtype.is_floating_point:
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.is_floating_point():
+                    tensor.fill_(float("nan"))
+    _seeded_init(model, seed)
+    if not _all_finite(model):
+        logger.info("init_weights leaves tensors of %s unset: building it on the CPU", type(model).__name__)
+        del model
+        with _default_dtype(dtype), torch.random.fork_rng(devices=[]):
+            model = build()  # torch's own initialisation draws from the RNG: not the caller's
+        _seeded_init(model, seed)
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def _seeded_init(model: PreTrainedModel, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.init_weights()  # type: ignore[no-untyped-call]
-    model.eval()  # type: ignore[no-untyped-call]
-    return model
+
+
+def _all_finite(model: PreTrainedModel) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()
+    )
 
 
 def _write_atomically(
