@@ -59,6 +59,25 @@ def pytest_sessionfinish(session):
     time.sleep(1.5)
 """
 
+# A conftest that holds each case in its call while the file `hold` exists (and says so
+# with `held`), so that a signal can be sent while a case is certainly running, however busy
+# the machine. It sleeps in short steps: a signal handler runs between them, and one that
+# raises ends the hold.
+HOLD_CASE_CONFTEST = """
+import pathlib
+import time
+
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    deadline = time.monotonic() + 300
+    while pathlib.Path("hold").exists() and time.monotonic() < deadline:
+        pathlib.Path("held").touch()
+        time.sleep(0.05)
+"""
+
 
 def _resume_to_completion(project: Path, ids: list[str] = CASE_IDS) -> None:
     proc = start_pytest(project, "--resume")
@@ -122,7 +141,12 @@ def test_sigusr2_stops_cleanly_like_sigterm(project: Path) -> None:
 
 
 def test_second_sigterm_interrupts_at_once_and_still_saves(project: Path) -> None:
+    (project / "conftest.py").write_text(HOLD_CASE_CONFTEST)
     proc, out = _run_until_rows(project, 1)
+    # Both signals land while the next case is held in its call: on a busy machine a case
+    # could otherwise finish between them, and the second would land in the save instead.
+    (project / "hold").touch()
+    wait_for(lambda: (project / "held").exists(), proc, "a held case")
     os.killpg(proc.pid, signal.SIGTERM)
     # The second one is sent once the first was handled (its console line is out): two
     # SIGTERMs still pending when the process next runs are merged into one by the kernel.
@@ -131,6 +155,7 @@ def test_second_sigterm_interrupts_at_once_and_still_saves(project: Path) -> Non
     assert_exit(proc, project, pytest.ExitCode.INTERRUPTED)
     _assert_saved(out, "SIGTERM")
     assert "received SIGTERM again" in (out / "benchmark.log").read_text()
+    (project / "hold").unlink()
     _resume_to_completion(project)
 
 
