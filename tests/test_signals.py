@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Iterator
+from types import TracebackType
 
 import pytest
 
-from dllm_bench.signals import GracefulStop, note_records
+from dllm_bench.signals import GracefulStop, drop_lineless_frames, note_records
 
 
 @pytest.fixture(autouse=True)
@@ -133,3 +135,39 @@ def test_a_stop_that_could_not_be_fully_requested_is_noted_as_an_error() -> None
         logging.ERROR,
         "could not write the stop file (SIGUSR2)",
     )
+
+
+def _interrupt_with_lineless_frames() -> pytest.ExceptionInfo[BaseException]:
+    """A KeyboardInterrupt raised with a lost error as its context, each traceback headed by
+    an entry that has no line number, as when a signal lands on an instruction with none."""
+
+    def lineless(tb: TracebackType | None) -> TracebackType:
+        return TracebackType(tb, sys._getframe(), 10**6, -1)
+
+    try:
+        try:
+            raise OSError("disk full")
+        except OSError as lost:
+            lost.__traceback__ = lineless(lost.__traceback__)
+            raise KeyboardInterrupt from None
+    except KeyboardInterrupt as exc:
+        exc.__suppress_context__ = False
+        head = lineless(exc.__traceback__)
+        exc.__traceback__ = head
+        return pytest.ExceptionInfo.from_exc_info((KeyboardInterrupt, exc, head))
+
+
+def test_an_interrupt_with_lineless_frames_breaks_pytests_report() -> None:
+    """The failure the fix is for: pytest cannot format such an interrupt."""
+    assert _interrupt_with_lineless_frames().traceback[0]._rawentry.tb_lineno is None
+    with pytest.raises(TypeError):
+        _interrupt_with_lineless_frames().getrepr(funcargs=True)
+
+
+def test_drop_lineless_frames_lets_pytest_report_the_interrupt() -> None:
+    excinfo = _interrupt_with_lineless_frames()
+    drop_lineless_frames(excinfo)
+    text = str(excinfo.getrepr(funcargs=True))
+    assert "KeyboardInterrupt" in text
+    assert "OSError: disk full" in text  # the chained error is still shown
+    assert "_interrupt_with_lineless_frames" in text

@@ -27,6 +27,7 @@ from dllm_bench.progress import Progress
 from dllm_bench.rows import Row
 from dllm_bench.runner import Measure, error_row, is_out_of_memory, measure_with_own_timer, release_memory, run_case
 from dllm_bench.session import ROW_PROPERTY, RunSession, UsageProblem
+from dllm_bench.signals import drop_lineless_frames
 from dllm_bench.xdist import XdistController
 
 LOG = logging.getLogger("dllm_bench")
@@ -60,6 +61,7 @@ class RunHooks:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        drop_lineless_frames(excinfo)  # before pytest's reporter formats it
         self.session.interrupted(excinfo)
 
 

@@ -32,7 +32,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
+from types import FrameType, TracebackType
+
+import pytest
 
 LOG = logging.getLogger("dllm_bench.signals")
 
@@ -43,6 +45,43 @@ Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | No
 
 
 CONSOLE_PREFIX = "dllm-bench: "
+
+
+def drop_lineless_frames(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Remove the traceback entries that have no line number from an interrupt and from the
+    exceptions chained to it.
+
+    A signal can land on an instruction with no line (Python 3.11+ then reports `tb_lineno`
+    None); pytest's terminal reporter, formatting the KeyboardInterrupt, then fails with a
+    TypeError and the run exits 1 (internal error) instead of 2 (interrupted). Seen in CI on
+    a double Ctrl+C. The entries left are the ones pytest can show."""
+    seen: set[int] = set()
+    exc: BaseException | None = excinfo.value
+    pending = [exc]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        kept = _with_lines(exc.__traceback__)
+        if kept is not None:
+            exc.__traceback__ = kept
+        pending += [exc.__cause__, exc.__context__]
+    head = _with_lines(excinfo.tb)
+    if head is not None:
+        excinfo.traceback = type(excinfo.traceback)(head)
+
+
+def _with_lines(tb: TracebackType | None) -> TracebackType | None:
+    """The entries of `tb` that have a line number, linked in order; None when none has."""
+    kept: list[TracebackType] = []
+    while tb is not None:
+        if tb.tb_lineno is not None:
+            kept.append(tb)
+        tb = tb.tb_next
+    for entry, following in zip(kept, [*kept[1:], None], strict=True):
+        entry.tb_next = following
+    return kept[0] if kept else None
 
 
 @dataclass(frozen=True)
