@@ -41,6 +41,20 @@ def _started_pytest_runs_are_not_xdist_workers() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_per_test_process() -> Iterator[None]:
+    """One torch CPU thread in each test process and in the processes the tests start (as
+    the suite's own runs use by default). `pytest tests -n 2` runs two workers on the two
+    cores of the CI machine: with torch's default of a thread per core each, four threads
+    share two cores, and torch's waiting threads take the time the tests need."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random-init model folders shared by every test of the session (written once)."""
