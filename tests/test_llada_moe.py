@@ -16,11 +16,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from dllm_bench.backends import backend
+from dllm_bench.cases import expand_cases
+from dllm_bench.config import ConfigError, check_runnable, parse_config
 from dllm_bench.models.checkpoint import CheckpointError
 from dllm_bench.models.llada_checkpoint import load_llada_checkpoint
 from dllm_bench.models.lladamoe.checkpoint import load_lladamoe_checkpoint
 from dllm_bench.models.lladamoe.configuration import LLaDAMoEConfig
 from dllm_bench.models.lladamoe.modeling import LLaDAMoEModelLM
+from dllm_bench.models.loader import ModelCache, ModelLoadError
+from dllm_bench.runner import run_case
 from dllm_bench.sampling.llada import generate
 from dllm_bench.sampling.schedule import LladaSettings
 from tests.lladamoe_reference import needs_reference, reference_model
@@ -226,6 +231,104 @@ def test_the_cache_and_logits_to_keep_give_the_full_forward(tmp_path: Path) -> N
     torch.testing.assert_close(kept, out.logits[:, [3, 7]], rtol=0, atol=1e-6)
     cached = LladaSettings(steps=8, block_length=8, cache="dual")
     assert not bool(torch.eq(generate(model, tokens(3, 1, 6), cached, gen_length=16, mask_id=MASK), MASK).any())
+
+
+#: The random-init entry of config/families-tiny.yaml (its arch keys, as a config gives them).
+TINY_ARCH: dict[str, Any] = {
+    "model_type": "lladamoe",
+    "vocab_size": 256,
+    "hidden_size": 32,
+    "dense_intermediate_size": 64,
+    "expert_intermediate_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "rope_theta": 10000.0,
+    "partial_rotary_factor": 0.5,
+    "max_position_embeddings": 64,
+    "mask_token_id": MASK,
+    "eos_token_id": 254,
+    "pad_token_id": 254,
+}
+
+
+def moe_config(arch: dict[str, Any] | None = None, **entry: Any) -> dict[str, Any]:
+    model = {"name": "tiny-llada-moe", "kind": "llada", "source": "random-init", "device": "cpu",
+             "arch": TINY_ARCH if arch is None else arch, **entry}
+    return {
+        "models": [model],
+        "grid": {"prompt_length": [8], "gen_length": [16], "batch_size": [1]},
+        "llada": {"steps": [8], "block_length": [8], "cache": ["none", "dual"]},
+        "warmup_rounds": 0,
+        "measured_rounds": 1,
+    }
+
+
+def test_a_random_init_entry_runs_with_the_llada_axes(tmp_path: Path) -> None:
+    cases = expand_cases(parse_config(moe_config(), tmp_path / "moe.yaml"))
+    assert [c.case_id for c in cases] == ["tiny-llada-moe-p8-g16-b1-s8-k8", "tiny-llada-moe-p8-g16-b1-s8-k8-cdual"]
+    models = ModelCache(tmp_path / "cache")
+    rows = [run_case(case, models.get(case.model)) for case in cases]
+    assert all(row.ok for row in rows), [row.error for row in rows]
+    assert type(models.get(cases[0].model).model) is LLaDAMoEModelLM
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "message"),
+    [
+        ({"hidden_act": "gelu"}, "arch", "hidden_act='gelu'"),
+        ({"rope_scaling": {"rope_type": "linear"}}, "arch.rope_scaling", "a scalar"),
+        ({"num_experts_per_tok": 8}, "arch", "num_experts_per_tok=8"),
+        ({"n_layers": 2}, "arch.n_layers", "an architecture key of LLaDAMoEConfig"),
+        ({"mask_token_id": 256}, "arch.mask_token_id", "below vocab_size 256"),
+        ({"model_type": "lladamoe2"}, "arch.model_type", "expected one of llada, lladamoe"),
+    ],
+)
+def test_bad_architectures_are_refused_by_name_and_nothing_is_written(
+    tmp_path: Path, change: dict[str, Any], key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(moe_config({**TINY_ARCH, **change}), tmp_path / "moe.yaml")
+    assert f"'models[0].{key}'" in str(error.value) and message in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written for a refused run
+
+
+def test_remote_code_needs_a_checkpoint() -> None:
+    raw = moe_config(trust_remote_code=True)
+    raw["llada"]["cache"] = ["none"]
+    with pytest.raises(ConfigError, match=r"models\[0\]\.trust_remote_code.*random-init LLaDA-MoE"):
+        parse_config(raw, Path("moe.yaml"))
+
+
+def test_a_folder_of_another_architecture_is_refused_at_config_load(tmp_path: Path) -> None:
+    """A Dream folder given as a llada entry: refused when the config is read, before any model loads."""
+    folder = tmp_path / "dream"
+    backend("dream").write_random_init(folder, {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64,
+                                               "num_hidden_layers": 1, "num_attention_heads": 2,
+                                               "num_key_value_heads": 1, "mask_token_id": 250, "pad_token_id": 251,
+                                               "bos_token_id": 252, "eos_token_id": 253}, seed=0, dtype=torch.float32)
+    raw = moe_config(source=str(folder))
+    del raw["models"][0]["arch"]
+    raw["llada"]["cache"] = ["none"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match=r"'models\[0\]\.source': expected a LLaDA or LLaDA-MoE checkpoint.*'Dream'"):
+        check_runnable(parse_config(raw, tmp_path / "moe.yaml"))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_checkpoint_entry_loads_the_moe_model_and_refuses_unimplemented_values(tmp_path: Path) -> None:
+    """The llada kind tells a LLaDA-MoE folder by its config.json and loads it into the suite's
+    LLaDA-MoE model; a value the model does not implement fails the load by name."""
+    folder = write_checkpoint(tmp_path / "moe", seeded_model(TINY))
+    raw = moe_config(source=str(folder))
+    del raw["models"][0]["arch"]
+    spec = expand_cases(parse_config(raw, tmp_path / "moe.yaml"))[0].model
+    assert type(ModelCache(tmp_path / "cache").get(spec).model) is LLaDAMoEModelLM
+    write_checkpoint(folder, seeded_model(TINY), hidden_act="relu")
+    with pytest.raises(ModelLoadError, match=re.escape("hidden_act='relu'")):
+        ModelCache(tmp_path / "cache").get(spec)
 
 
 # --- against the published code ---------------------------------------------------------------------

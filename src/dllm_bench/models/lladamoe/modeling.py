@@ -156,14 +156,15 @@ class LLaDAMoESparseBlock(nn.Module):
         tokens = order % flat.shape[0]
         pair_weights = weights.transpose(0, 1).reshape(-1, 1).index_select(0, order)
         counts = torch.bincount(by_slot, minlength=self.num_experts).tolist()
+        inputs = flat.index_select(0, tokens)  # one gather; each expert reads its contiguous slice
         out = torch.zeros_like(flat)
         start = 0
         for expert, count in enumerate(counts):
             if count:
-                rows = tokens[start : start + count]
+                end = start + count
                 mlp = cast(LLaDAMoEMLP, self.experts[expert])
-                out.index_add_(0, rows, _swiglu(mlp, flat.index_select(0, rows)) * pair_weights[start : start + count])
-                start += count
+                out.index_add_(0, tokens[start:end], _swiglu(mlp, inputs[start:end]) * pair_weights[start:end])
+                start = end
         return out.view(batch, length, hidden)
 
 
