@@ -123,7 +123,8 @@ SETTINGS = LladaSettings(steps=8, block_length=8)
 
 def write_checkpoint(folder: Path, model: LLaDAMoEModelLM, **overrides: Any) -> Path:
     """A folder in the published layout: the hub's config.json keys (model_type llada, the
-    architecture LLaDAMoEModelLM), safetensors weights under the published names, no code."""
+    architecture LLaDAMoEModelLM), safetensors weights under the published names, no code. An
+    override of `...` leaves its key out."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "architectures": ["LLaDAMoEModelLM"],

@@ -81,7 +81,10 @@ def check_arch(arch: Mapping[str, Any]) -> list[str]:
     problems = check_arch_types(keys, _types()) + check_positive(keys, SIZE_KEYS)
     if problems:
         return problems
-    config = LLaDAMoEConfig(**keys)
+    try:
+        config = LLaDAMoEConfig(**keys)
+    except (ValueError, TypeError) as exc:  # whatever the config class itself refuses, in its words
+        return [f"arch: LLaDAMoEConfig refuses it: {exc}"]
     problems = [f"arch: {problem}" for problem in unsupported_keys(config)]
     return problems + [
         f"arch.{key}: expected a token id below vocab_size {config.vocab_size}, got {value}"
