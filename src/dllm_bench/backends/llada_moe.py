@@ -5,6 +5,7 @@ from a dense LLaDA one (by its `config.json`) and loaded."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from dllm_bench.models.lladamoe.configuration import (
 )
 from dllm_bench.models.lladamoe.modeling import LLaDAMoEModelLM
 from dllm_bench.models.random_init import write_model_folder
+
+LOG = logging.getLogger("dllm_bench.backends.llada_moe")
 
 #: The arch key that names the architecture of a random-init `llada` entry.
 MODEL_TYPE_KEY = "model_type"
@@ -139,7 +142,8 @@ def load_checkpoint(
     location: str, dtype: torch.dtype, revision: str | None, trust_remote_code: bool
 ) -> torch.nn.Module:
     """A LLaDA-MoE checkpoint: the suite's model, or with `trust_remote_code` the checkpoint's
-    own, whose config gets the published mask token id it lacks."""
+    own, whose config gets the published mask token id it lacks and whose rotary buffers are
+    computed again (see `reset_rotary_buffers`)."""
     if not trust_remote_code:
         return load_lladamoe_checkpoint(location, dtype=dtype, revision=revision)
     model: torch.nn.Module = AutoModel.from_pretrained(
@@ -148,4 +152,30 @@ def load_checkpoint(
     config: Any = getattr(model, "config", None)
     if config is not None and getattr(config, "mask_token_id", None) is None:
         config.mask_token_id = MASK_TOKEN_ID
+    if not reset_rotary_buffers(model):
+        LOG.warning("the checkpoint's own code has no rotary module with rope_init_fn; its buffers are as loaded")
     return model
+
+
+def reset_rotary_buffers(model: torch.nn.Module) -> int:
+    """Compute the rotary inverse frequencies of the checkpoint's own code again, with each rotary
+    module's own initialiser; returns how many modules were reset.
+
+    transformers 5's `from_pretrained` leaves a remote-code model's non-persistent buffers
+    uninitialised (they are not in the weights): the published LLaDA-MoE code then rotates with
+    whatever memory held and silently computes other logits (checked: 0 and 6.7e-44 as the
+    frequencies of a tiny model)."""
+    reset = 0
+    for module in model.modules():
+        init: Any = getattr(module, "rope_init_fn", None)
+        inv_freq = getattr(module, "inv_freq", None)
+        if callable(init) and isinstance(inv_freq, torch.Tensor):
+            fresh, scaling = init(module.config, inv_freq.device, **getattr(module, "rope_kwargs", {}))
+            with torch.no_grad():
+                inv_freq.copy_(fresh)
+            module.attention_scaling = scaling
+            module.original_inv_freq = inv_freq
+            reset += 1
+    if reset:
+        LOG.info("recomputed the rotary buffers of the checkpoint's own code (%d module(s))", reset)
+    return reset
