@@ -89,8 +89,8 @@ class Backend(ABC):
         loads (at config load: nothing is written for a refused run); None when nothing is."""
         return None
 
-    def code_files(self) -> tuple[Path, ...]:
-        """Files of the installed package a random-init folder carries (and must still equal)."""
+    def code_files(self, arch: Mapping[str, Any]) -> tuple[Path, ...]:
+        """Files of the installed package a random-init folder of `arch` carries (and must still equal)."""
         return ()
 
     @abstractmethod

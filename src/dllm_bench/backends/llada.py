@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModel
 
+from dllm_bench.backends import llada_moe
 from dllm_bench.backends.base import Backend, check_arch_types, check_positive
 from dllm_bench.kinds import Settings
 from dllm_bench.kinds.llada import SPEC
@@ -20,6 +21,7 @@ from dllm_bench.models.llada_checkpoint import load_llada_checkpoint, register_l
 from dllm_bench.models.llada_hf import modeling_llada
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_CONFIG_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM, _check_supported
+from dllm_bench.models.lladamoe.configuration import is_lladamoe_config
 from dllm_bench.models.random_init import write_model_folder
 from dllm_bench.sampling.llada import generate
 from dllm_bench.sampling.rules import CONFIDENCE_RULES, RULE_KEYS
@@ -95,7 +97,7 @@ def _llada_types() -> dict[str, tuple[type, ...]]:
 
 class LladaBackend(Backend):
     spec = SPEC
-    loader_name = "dllm_bench's own LLaDAModelLM"
+    loader_name = "dllm_bench's own LLaDAModelLM (LLaDAMoEModelLM for LLaDA-MoE)"
 
     def parse_section(self, check: Checker, raw: Mapping[str, Any] | None, *, used: bool) -> tuple[Settings, ...]:
         if raw is None:
@@ -160,7 +162,14 @@ class LladaBackend(Backend):
                             check.fail(key, message, show_got=False)
 
     def check_model(self, check: Checker, key: str, spec: ModelSpec, settings: tuple[Settings, ...]) -> None:
-        """A checkpoint run with its own code (trust_remote_code) has no KV cache."""
+        """A checkpoint run with its own code (trust_remote_code) has no KV cache; a random-init
+        LLaDA-MoE folder has no code of its own."""
+        if spec.trust_remote_code and spec.is_random_init and llada_moe.is_moe_arch(spec.arch_dict()):
+            check.fail(
+                f"{key}.trust_remote_code",
+                "false with a random-init LLaDA-MoE (its folder holds no remote code; the suite's model runs it)",
+                show_got=False,
+            )
         cached = sorted({s.cache for s in settings if isinstance(s, LladaSettings) and s.cache != "none"})
         if spec.trust_remote_code and cached:
             check.fail(
@@ -171,12 +180,33 @@ class LladaBackend(Backend):
             )
 
     def arch_keys(self, arch: Mapping[str, Any]) -> frozenset[str]:
-        return frozenset(LLADA_CONFIG_KEYS)
+        """The keys of the architecture ``arch.model_type`` names (of both when it names neither)."""
+        dense = frozenset({llada_moe.MODEL_TYPE_KEY, *LLADA_CONFIG_KEYS})
+        model_type = arch.get(llada_moe.MODEL_TYPE_KEY, llada_moe.DENSE_MODEL_TYPE)
+        if model_type == llada_moe.DENSE_MODEL_TYPE:
+            return dense
+        return llada_moe.arch_keys() if llada_moe.is_moe_arch(arch) else dense | llada_moe.arch_keys()
 
     def arch_class(self, arch: Mapping[str, Any]) -> str:
-        return "LLaDAConfig"
+        model_type = arch.get(llada_moe.MODEL_TYPE_KEY, llada_moe.DENSE_MODEL_TYPE)
+        if model_type == llada_moe.DENSE_MODEL_TYPE:
+            return "LLaDAConfig"
+        return "LLaDAMoEConfig" if llada_moe.is_moe_arch(arch) else "LLaDAConfig or LLaDAMoEConfig"
+
+    def folder_arch(self, arch: Mapping[str, Any]) -> dict[str, Any]:
+        """``model_type: llada`` names the same folder as no model_type (the folders written
+        before LLaDA-MoE)."""
+        if arch.get(llada_moe.MODEL_TYPE_KEY) == llada_moe.DENSE_MODEL_TYPE:
+            return llada_moe.config_arguments(arch)
+        return dict(arch)
 
     def check_arch(self, arch: Mapping[str, Any]) -> list[str]:
+        model_type = arch.get(llada_moe.MODEL_TYPE_KEY, llada_moe.DENSE_MODEL_TYPE)
+        if model_type not in llada_moe.ARCH_MODEL_TYPES:
+            return [f"arch.model_type: expected one of {', '.join(llada_moe.ARCH_MODEL_TYPES)}, got {model_type!r}"]
+        if llada_moe.is_moe_arch(arch):
+            return llada_moe.check_arch(arch)
+        arch = llada_moe.config_arguments(arch)
         problems = check_arch_types(arch, _llada_types()) + check_positive(arch, SIZE_KEYS)
         if problems:
             return problems
@@ -192,15 +222,29 @@ class LladaBackend(Backend):
         ]
 
     def max_length(self, arch: Mapping[str, Any]) -> int:
+        if llada_moe.is_moe_arch(arch):
+            return llada_moe.max_length(arch)
         return int(arch.get("max_sequence_length", LLaDAConfig().max_sequence_length))
 
     def write_random_init(self, folder: Path, arch: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> None:
-        write_llada_folder(folder, arch, seed=seed, dtype=dtype)
+        if llada_moe.is_moe_arch(arch):
+            llada_moe.write_lladamoe_folder(folder, arch, seed=seed, dtype=dtype)
+        else:
+            write_llada_folder(folder, llada_moe.config_arguments(arch), seed=seed, dtype=dtype)
 
-    def code_files(self) -> tuple[Path, ...]:
+    def code_files(self, arch: Mapping[str, Any]) -> tuple[Path, ...]:
+        if llada_moe.is_moe_arch(arch):
+            return ()
         return tuple(llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES)
 
+    def check_folder(self, folder: Path) -> str | None:
+        return llada_moe.folder_problem(folder)
+
     def load(self, spec: ModelSpec, location: str, dtype: torch.dtype) -> torch.nn.Module:
+        """A LLaDA-MoE checkpoint (told by its config.json) loads into the suite's LLaDA-MoE
+        model, any other into the suite's LLaDA model; with trust_remote_code, with its own code."""
+        if is_lladamoe_config(llada_moe.read_config(location, spec.revision)):
+            return llada_moe.load_checkpoint(location, dtype, spec.revision, spec.trust_remote_code)
         if spec.trust_remote_code:
             model: torch.nn.Module = AutoModel.from_pretrained(
                 location, trust_remote_code=True, dtype=dtype, revision=spec.revision

@@ -2,10 +2,12 @@
 name, without the checkpoint's code: the one loader of every kind that brings its own model
 (LLaDA, Dream).
 
-A `CheckpointFormat` says what a kind's checkpoints are: its `model_type`, its config and
-model classes, and the config values its model does not implement. The config is checked
-first (model type, then those values, each refused by name); then every weight of the model
-must come from the checkpoint, every weight of the checkpoint must be used, with its shape.
+A `CheckpointFormat` says what a kind's checkpoints are: its `model_type` (or how its
+`config.json` is recognised, where the model type is shared with another architecture), its
+config and model classes, the keys its `config.json` must set and the config values its
+model does not implement. The config is checked first (model type, then those keys and
+values, each refused by name); then every weight of the model must come from the
+checkpoint, every weight of the checkpoint must be used, with its shape.
 
 Errors are `CheckpointError` (a `ValueError`: the checkpoint does not fit the model) or
 `CheckpointNotFoundError` (an `OSError`: it, or one of its files, could not be found or
@@ -15,7 +17,7 @@ read), with the source in the message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,17 @@ class CheckpointFormat:
     model_class: type[PreTrainedModel]
     # The problems of a config the model does not implement ([] when it does), each naming its key.
     unsupported: Callable[[Any], list[str]]
+    # Whether a config.json (as a dict) is one of this format; None: its model_type is `model_type`.
+    recognise: Callable[[Mapping[str, Any]], bool] | None = None
+    # What `recognise` accepts, as the refusal says it (default: the model type).
+    expected: str = ""
+    # Keys config.json must set (the published class's defaults would build a broken model).
+    required_keys: tuple[str, ...] = ()
+
+    def recognises(self, values: Mapping[str, Any]) -> bool:
+        if self.recognise is not None:
+            return self.recognise(values)
+        return values.get("model_type") == self.model_type
 
     def describe(self, source: str | Path, revision: str | None) -> str:
         return f"{self.name} checkpoint '{source}'" + (f" (revision {revision})" if revision else "")
@@ -67,11 +80,19 @@ def load_config(fmt: CheckpointFormat, source: str | Path, *, revision: str | No
         values, _ = fmt.config_class.get_config_dict(str(source), revision=revision)
     except OSError as exc:
         raise CheckpointNotFoundError(f"{what}: no readable config.json: {_short(exc)}. {FIX}") from exc
-    model_type = values.get("model_type")
-    if model_type != fmt.model_type:
+    if not fmt.recognises(values):
+        architectures = values.get("architectures")
+        named = f" (architectures {architectures})" if architectures else ""
         raise CheckpointError(
-            f"{what}: config.json has model_type {model_type!r}, expected {fmt.model_type!r}; "
+            f"{what}: config.json has model_type {values.get('model_type')!r}, "
+            f"expected {fmt.expected or repr(fmt.model_type)}{named}; "
             f"give a {fmt.name} checkpoint or change the entry's kind"
+        )
+    unset = [key for key in fmt.required_keys if key not in values]
+    if unset:
+        raise CheckpointError(
+            f"{what}: config.json does not set {', '.join(unset)} (the published {fmt.name} code has no usable "
+            "default for them)"
         )
     try:
         config = fmt.config_class.from_dict(values)

@@ -23,7 +23,9 @@ suite's classes, so that ``AutoModel.from_pretrained(folder)`` works without
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -37,6 +39,7 @@ from dllm_bench.models.checkpoint import (
 )
 from dllm_bench.models.llada_hf.configuration_llada import LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM, _problems
+from dllm_bench.models.lladamoe.configuration import is_lladamoe_config
 
 __all__ = [
     "LLADA_FORMAT",
@@ -47,9 +50,22 @@ __all__ = [
     "register_llada_auto_classes",
 ]
 
+
+
+def is_llada_config(values: Mapping[str, Any]) -> bool:
+    """``model_type: llada`` and not LLaDA-MoE (whose hub ``config.json`` has the same model type)."""
+    return values.get("model_type") == "llada" and not is_lladamoe_config(values)
+
+
 #: LLaDA checkpoints: ``model_type: llada``, the suite's ``LLaDAModelLM``, the keys it does not implement.
 LLADA_FORMAT = CheckpointFormat(
-    name="LLaDA", model_type="llada", config_class=LLaDAConfig, model_class=LLaDAModelLM, unsupported=_problems
+    name="LLaDA",
+    model_type="llada",
+    config_class=LLaDAConfig,
+    model_class=LLaDAModelLM,
+    unsupported=_problems,
+    recognise=is_llada_config,
+    expected="'llada' with architectures [LLaDAModelLM]",
 )
 
 

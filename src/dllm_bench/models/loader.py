@@ -118,7 +118,7 @@ def random_init_folder(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype) -> 
         with FileLock(str(folder) + ".lock"):
             remove_stale_temporaries(folder)
             kind.write_random_init(folder, spec.arch_dict(), seed=spec.seed, dtype=dtype)
-            verify_folder(folder, kind.code_files())
+            verify_folder(folder, kind.code_files(spec.arch_dict()))
     except CacheFolderError as exc:
         raise ModelLoadError(f"model '{spec.name}': {exc}") from exc
     except OSError as exc:
