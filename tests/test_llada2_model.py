@@ -148,6 +148,18 @@ def test_prefix_cache_forward_equals_the_full_forward(models: dict[str, LLaDA2Mo
     torch.testing.assert_close(part, full[:, 16:], rtol=1e-5, atol=1e-5)
 
 
+def test_kept_rows_skip_the_last_layer_of_the_others(models: dict[str, LLaDA2MoeLM]) -> None:
+    """`logits_to_keep` runs the last layer's attention output and experts for the kept rows only:
+    the same logits up to float rounding (other batch shapes in the matrix products)."""
+    x = torch.randint(0, PAD, (2, 24))
+    mask = block_mask(24, 8)
+    with torch.no_grad():
+        full = models["2.1"](x, attention_mask=mask).logits
+        kept = models["2.1"](x, attention_mask=mask, logits_to_keep=slice(16, 24)).logits
+    assert kept.shape == (2, 8, 128)
+    torch.testing.assert_close(kept, full[:, 16:], rtol=1e-5, atol=1e-5)
+
+
 def test_transfer_schedule_spreads_the_block() -> None:
     assert transfer_schedule(8, 3) == [3, 3, 2]
     assert transfer_schedule(8, 8) == [1] * 8

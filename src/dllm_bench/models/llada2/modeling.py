@@ -127,7 +127,9 @@ class LLaDA2Attention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
+        keep: slice | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention of the rows `keep` of x (all when None) over every key (the cache's and x's)."""
         batch, length, _ = x.shape
         qkv = self.query_key_value(x).view(batch, length, self.heads + 2 * self.kv_heads, self.head_dim)
         q, k, v = (part.transpose(1, 2) for part in qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=-2))
@@ -138,6 +140,10 @@ class LLaDA2Attention(nn.Module):
         if cache is not None:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
         kv = (k, v)
+        if keep is not None:
+            q = q[:, :, keep]
+            mask = None if mask is None else mask[:, :, keep]
+            length = q.shape[2]
         groups = self.heads // self.kv_heads
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling, enable_gqa=groups > 1)
@@ -157,7 +163,12 @@ class LLaDA2MLP(nn.Module):
         self.down_proj = nn.Linear(inner, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        return self.apply_to(x)
+
+    def apply_to(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation without the module-call machinery (the expert loop calls it per expert)."""
+        gate, up, down = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+        return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
 
 
 class LLaDA2Router(nn.Module):
@@ -218,7 +229,7 @@ class LLaDA2SparseMoe(nn.Module):
         start = 0
         for expert, count in zip(self.experts, counts, strict=True):
             if count:
-                outputs.append(expert(tokens[start : start + count]))
+                outputs.append(cast(LLaDA2MLP, expert).apply_to(tokens[start : start + count]))
                 start += count
         sorted_out = torch.cat(outputs, dim=0)
         out = torch.empty_like(sorted_out)
@@ -245,8 +256,12 @@ class LLaDA2Layer(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
+        keep: slice | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        attended, kv = self.attention(self.input_layernorm(x), rotary, mask, cache)
+        """The layer's output for the rows `keep` of x (all when None), and its keys and values of every row."""
+        attended, kv = self.attention(self.input_layernorm(x), rotary, mask, cache, keep)
+        if keep is not None:
+            x = x[:, keep]
         x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
@@ -352,14 +367,14 @@ class LLaDA2MoeLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         rotary = rotary_tables(position_ids, config.rope_dim, float(config.rope_theta), x.dtype)
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
+        last = len(self.model.layers) - 1
         for index, layer in enumerate(self.model.layers):
             cached = None if past_key_values is None else (past_key_values.keys[index], past_key_values.values[index])
-            x, (k, v) = layer(x, rotary, attention_mask, cached)
+            # The last layer's output is read only at the kept rows: the others need only its keys and values.
+            x, (k, v) = layer(x, rotary, attention_mask, cached, logits_to_keep if index == last else None)
             keys.append(k)
             values.append(v)
         x = self.model.norm(x)
-        if logits_to_keep is not None:
-            x = x[:, logits_to_keep]
         logits = self.lm_head(x).float()
         output = LLaDA2Output(logits=logits, past_key_values=LLaDA2KVCache(keys, values) if use_cache else None)
         return output if return_dict is not False else output.to_tuple()
