@@ -351,7 +351,9 @@ class LLaDA2MoeLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         additive. `position_ids` (B or 1, S): rotary positions (default: the positions after
         the cache). `past_key_values`: the cache of the positions before the input (keys =
         its length + S). `use_cache=True` returns the cache of every position (cache and
-        input). `logits_to_keep`: the input positions whose logits are computed (None: all).
+        input). `logits_to_keep`: the input positions whose logits are computed (None: all); the
+        last layer then runs its attention output and experts for those rows only (equal up to float
+        rounding).
         """
         unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_FORWARD_KWARGS)
         if unexpected:
