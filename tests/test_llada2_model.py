@@ -219,7 +219,9 @@ def test_checkpoint_loads_by_name_and_refuses_other_layouts(models: dict[str, LL
         load_llada2_checkpoint(folder, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("keywords", [{}, {"editing_threshold": 0.5, "max_post_steps": 4}])
+@pytest.mark.parametrize(
+    "keywords", [{}, {"cache": "prefix"}, {"editing_threshold": 0.5, "max_post_steps": 4, "cache": "prefix"}]
+)
 def test_batch_rows_equal_their_batch_1_decode(
     models: dict[str, LLaDA2MoeLM], version: str, keywords: dict[str, Any]
 ) -> None:
