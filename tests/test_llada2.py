@@ -134,6 +134,23 @@ def test_a_checkpoint_of_another_architecture_is_refused_and_nothing_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dream-folder", "grid.yaml"]
 
 
+def test_a_checkpoint_with_an_unimplemented_value_is_refused_naming_the_key(tmp_path: Path) -> None:
+    folder = tmp_path / "llada21-yarn"
+    folder.mkdir()
+    config = {**ARCH, "model_type": "llada21_moe", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    (folder / "config.json").write_text(json.dumps(config))
+    raw = llada2_config({"name": "yarn-llada21", "kind": "llada2", "source": str(folder), "device": "cpu"})
+    (tmp_path / "grid.yaml").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "grid.yaml")
+    message = str(caught.value)
+    assert "models[0].source" in message and "model 'yarn-llada21'" in message and "rope_scaling" in message
+    raw["models"][0]["trust_remote_code"] = True  # the checkpoint's own code implements it
+    (tmp_path / "grid.yaml").write_text(json.dumps(raw))
+    assert load_config(tmp_path / "grid.yaml").models[0].trust_remote_code
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml", "llada21-yarn"]
+
+
 def test_rows_count_forwards_edits_and_agreement(models: ModelCache) -> None:
     raw = llada2_config(threshold=[None, 0.5], editing_threshold=[None, 0.0], max_post_steps=[2])
     rows = {c.case_id: run_case(c, models.get(c.model)) for c in cases_of(raw) if c.batch_size == 2}

@@ -26,7 +26,8 @@ from transformers import AutoModelForCausalLM
 from dllm_bench.backends.base import Backend, check_arch_types, check_positive, check_section_keys, optional_axis
 from dllm_bench.kinds import Settings
 from dllm_bench.kinds.llada2 import CACHE_MODES, SPEC, Llada2Settings
-from dllm_bench.models.llada2.checkpoint import load_llada2_checkpoint
+from dllm_bench.models.checkpoint import CheckpointError
+from dllm_bench.models.llada2.checkpoint import load_llada2_checkpoint, load_llada2_config
 from dllm_bench.models.llada2.configuration import (
     CONFIG_CLASSES,
     LLADA2_CONFIG_KEYS,
@@ -168,6 +169,7 @@ class Llada2Backend(Backend):
                 show_got=False,
             )
         if not spec.trust_remote_code:
+            _check_local_config(check, key, spec)
             return
         if spec.is_random_init:
             check.fail(f"{key}.trust_remote_code", "false with source random-init (a random-init folder has no "
@@ -211,11 +213,14 @@ class Llada2Backend(Backend):
         write_llada2_folder(folder, arch, seed=seed, dtype=dtype)
 
     def check_folder(self, folder: Path) -> str | None:
+        """Another architecture, before anything runs."""
         model_type = _folder_model_type(folder)
-        if model_type is None or model_type in MODEL_TYPES:
+        if model_type is None:
             return None
-        return (f"a LLaDA2 checkpoint (model_type {MODEL_TYPE_20} or {MODEL_TYPE_21}); it is a {model_type} "
-                "checkpoint: change the entry's kind")
+        if model_type not in MODEL_TYPES:
+            return (f"a LLaDA2 checkpoint (model_type {MODEL_TYPE_20} or {MODEL_TYPE_21}); it is a {model_type} "
+                    "checkpoint: change the entry's kind")
+        return None
 
     def load(self, spec: ModelSpec, location: str, dtype: torch.dtype) -> torch.nn.Module:
         if spec.trust_remote_code:
@@ -284,6 +289,18 @@ class Llada2Backend(Backend):
             equal += int(torch.eq(output[:, case.prompt_length :], reference).sum().item())
             total += reference.numel()
         return equal / total if total else None
+
+
+def _check_local_config(check: Checker, key: str, spec: ModelSpec) -> None:
+    """A local LLaDA2 folder whose config.json holds a value the suite's model does not implement."""
+    folder = Path(spec.location())
+    if not spec.is_local or _folder_model_type(folder) not in MODEL_TYPES:
+        return  # no folder (refused elsewhere), or another architecture (check_folder's)
+    try:
+        load_llada2_config(folder)
+    except CheckpointError as exc:
+        check.fail(f"{key}.source", f"a checkpoint the suite's LLaDA2 model implements (model '{spec.name}'): {exc}",
+                   show_got=False)
 
 
 def _unit(check: Checker) -> Callable[[object, str], float | None]:
