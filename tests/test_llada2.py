@@ -3,8 +3,10 @@ written), random-init folders of both versions, and the row a case gives (edits,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,13 @@ from typing import Any
 import pytest
 import torch
 
+from dllm_bench.backends import backend
 from dllm_bench.cases import Case, expand_cases
 from dllm_bench.config import ConfigError, check_runnable, load_config, parse_config
 from dllm_bench.kinds.llada2 import Llada2Settings
 from dllm_bench.models.loader import ModelCache
-from dllm_bench.runner import run_case
+from dllm_bench.runner import CallRecorder, case_feed, case_task, run_case
+from tests.llada2_reference import FILES, needs_reference, reference_folder
 
 ARCH: dict[str, Any] = {
     "vocab_size": 256,
@@ -64,6 +68,15 @@ def refusal(raw: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as caught:
         parse_config(raw, Path("llada2.yaml"))
     return str(caught.value)
+
+
+@contextlib.contextmanager
+def count_forwards(module: torch.nn.Module, recorder: CallRecorder) -> Iterator[None]:
+    hook = module.register_forward_hook(recorder.count_forward)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,3 +175,37 @@ def test_rows_count_forwards_edits_and_agreement(models: ModelCache) -> None:
     assert fast.nfe is not None and fast.nfe_min is not None and fast.nfe_max is not None
     assert fast.agreement_exact is not None and 0 <= fast.agreement_exact <= 1
     assert (fast.editing_threshold, fast.max_post_steps, fast.threshold) == (0.0, 2, 0.5)
+
+
+@needs_reference
+def test_remote_code_runs_the_checkpoints_own_generate(models: ModelCache, tmp_path: Path) -> None:
+    """A folder in the hub layout whose code is the published one (the reference copy): with
+    trust_remote_code the case loads that code and decodes with its own generate (batch 1), which
+    gives the tokens and forwards of the suite's sampler on the same weights, editing included."""
+    section = {"threshold": 0.5, "editing_threshold": 0.5, "max_post_steps": 2}
+    own = next(c for c in cases_of(llada2_config(**section)) if c.batch_size == 1)
+    loaded = models.get(own.model)
+    folder = tmp_path / "llada21-remote"
+    loaded.model.save_pretrained(folder)  # type: ignore[operator]
+    reference = reference_folder()
+    assert reference is not None
+    for name in FILES:
+        shutil.copy(reference / name, folder / name)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_llada21_moe.LLaDA2MoeConfig",
+                          "AutoModelForCausalLM": "modeling_llada21_moe.LLaDA2MoeModelLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    raw = llada2_config(**section)
+    raw["models"][0] = {"name": "remote", "kind": "llada2", "source": str(folder), "device": "cpu",
+                        "trust_remote_code": True}
+    case = next(c for c in cases_of(raw) if c.batch_size == 1)
+    remote = models.get(case.model)
+    assert type(remote.model).__name__ == "LLaDA2MoeModelLM"
+    feed = case_feed(case, remote, case_task(case, remote))
+    theirs_recorder, ours_recorder = CallRecorder(), CallRecorder()
+    with count_forwards(backend("llada2").counted_module(remote), theirs_recorder):
+        theirs = backend("llada2").build_call(case, remote, feed, theirs_recorder)()
+    with count_forwards(backend("llada2").counted_module(loaded), ours_recorder):
+        ours = backend("llada2").build_call(own, loaded, feed, ours_recorder)()
+    assert torch.equal(theirs, ours)
+    assert theirs_recorder.per_call == ours_recorder.per_call and ours_recorder.per_call[0] > 0

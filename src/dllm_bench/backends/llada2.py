@@ -227,6 +227,7 @@ class Llada2Backend(Backend):
             model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
                 location, trust_remote_code=True, dtype=dtype, revision=spec.revision
             )
+            _reset_rotary(model)
             return model
         return load_llada2_checkpoint(location, dtype=dtype, revision=spec.revision)
 
@@ -289,6 +290,19 @@ class Llada2Backend(Backend):
             equal += int(torch.eq(output[:, case.prompt_length :], reference).sum().item())
             total += reference.numel()
         return equal / total if total else None
+
+
+def _reset_rotary(model: torch.nn.Module) -> None:
+    """The published code keeps its rotary frequencies in a non-persistent buffer (`inv_freq`), which
+    transformers 5's from_pretrained leaves uninitialised (it is not in the weights): computed again
+    with the module's own `rope_init_fn`."""
+    for module in model.modules():
+        init: Any = getattr(module, "rope_init_fn", None)
+        buffer = getattr(module, "inv_freq", None)
+        if callable(init) and isinstance(buffer, torch.Tensor):
+            inv_freq, _ = init(getattr(module, "config", None), buffer.device)
+            buffer.copy_(inv_freq.to(buffer.dtype))
+            LOG.info("recomputed the rotary frequencies of the checkpoint's own code (%s)", type(module).__name__)
 
 
 def _check_local_config(check: Checker, key: str, spec: ModelSpec) -> None:
