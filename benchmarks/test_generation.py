@@ -20,5 +20,9 @@ def test_dream(dream_case: Case, bench: CaseRunner) -> None:
     bench.run(dream_case)
 
 
+def test_llada2(llada2_case: Case, bench: CaseRunner) -> None:
+    bench.run(llada2_case)
+
+
 def test_baseline(baseline_case: Case, bench: CaseRunner) -> None:
     bench.run(baseline_case)

@@ -60,7 +60,7 @@ BAD_CONFIGS: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
         "bad kind",
         lambda c: c["models"][0].update(kind="diffuse"),
         "models[0].kind",
-        "llada, diffusion_gemma, dream, baseline",
+        "llada, diffusion_gemma, dream, llada2, baseline",
     ),
     ("non-positive size", lambda c: c["grid"].update(gen_length=[0]), "grid.gen_length", "positive integer"),
     ("negative batch", lambda c: c["grid"].update(batch_size=[-2]), "grid.batch_size", "positive integer"),

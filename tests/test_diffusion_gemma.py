@@ -316,9 +316,9 @@ def test_the_families_grid_runs_every_family_and_pairs_each_with_its_ar_twins(
     the rows, and every diffusion case paired with every AR model (Llama, Gemma 4, Qwen2) in the report."""
     config = Path(__file__).resolve().parent.parent / "config" / "families-tiny.yaml"
     result = bench_project.runpytest_inprocess("--config", str(config), "--output-dir", "out")
-    result.assert_outcomes(passed=26)
+    result.assert_outcomes(passed=34)
     rows = read_results(bench_project.path / "out" / FINAL_CSV)
-    assert len(rows) == 26 and all(row.ok for row in rows)
+    assert len(rows) == 34 and all(row.ok for row in rows)
     assert {row.kind for row in rows} == set(MODEL_KINDS)
     pairs = pair_with_ar(rows).speedups
     diffusion = [row for row in rows if is_diffusion(row.kind)]

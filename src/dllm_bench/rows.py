@@ -93,6 +93,10 @@ class Row:
     top_p: float | None = _setting("top_p")
     top_k: int | None = _setting("top_k")
     eps: float | None = _setting("eps")
+    minimal_topk: int | None = _setting("minimal_topk")
+    eos_early_stop: bool | None = _setting("eos_early_stop")
+    editing_threshold: float | None = _setting("editing_threshold")
+    max_post_steps: int | None = _setting("max_post_steps")
     warmup_rounds: int | None = _column("untimed calls before measuring (warmup_rounds)")
     measured_rounds: int | None = _column("timed calls (measured_rounds)")
     status: str | None = _column("ok; oom (out of memory) or error for a failed case")
@@ -124,6 +128,11 @@ class Row:
     encoder_nfe: float | None = _column(
         "encoder-decoder kinds (diffusion_gemma): encoder passes per generate call, the mean over the measured "
         "calls (the prompt, then each finished canvas but the last); not part of nfe; empty for other kinds",
+        ".2f",
+    )
+    edits: float | None = _column(
+        "LLaDA2.1 with editing: placed tokens the editing phase replaced per generate call (all sequences), the "
+        "mean over the measured calls; empty for other kinds",
         ".2f",
     )
     cfg_batch_factor: int | None = _column(

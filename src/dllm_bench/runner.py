@@ -355,6 +355,7 @@ def _token_fields(
         "cfg_batch_factor": case.settings.batch_factor(),
         "tokens_per_forward": reported if reported is not None else (case.gen_length / nfe if nfe else None),
         "encoder_nfe": recorder.mean_figure("encoder_nfe"),
+        "edits": recorder.mean_figure("edits"),
     }
 
 

@@ -12,6 +12,7 @@ from dllm_bench.backends.baseline import BaselineBackend
 from dllm_bench.backends.diffusion_gemma import DiffusionGemmaBackend
 from dllm_bench.backends.dream import DreamBackend
 from dllm_bench.backends.llada import LladaBackend
+from dllm_bench.backends.llada2 import Llada2Backend
 from dllm_bench.kinds import MODEL_KINDS, KindSpecError, Settings
 
 
@@ -25,7 +26,7 @@ def _registry(backends: tuple[Backend, ...]) -> Mapping[str, Backend]:
 
 
 BACKENDS: Mapping[str, Backend] = _registry(
-    (LladaBackend(), DiffusionGemmaBackend(), DreamBackend(), BaselineBackend())
+    (LladaBackend(), DiffusionGemmaBackend(), DreamBackend(), Llada2Backend(), BaselineBackend())
 )
 
 

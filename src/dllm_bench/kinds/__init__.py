@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from dllm_bench.kinds import baseline, diffusion_gemma, dream, llada
+from dllm_bench.kinds import baseline, diffusion_gemma, dream, llada, llada2
 from dllm_bench.kinds.base import AUTOREGRESSIVE, DIFFUSION, FAMILIES, Family, KindSpec, KindSpecError, Settings
 
-KIND_SPECS: tuple[KindSpec, ...] = (llada.SPEC, diffusion_gemma.SPEC, dream.SPEC, baseline.SPEC)
+KIND_SPECS: tuple[KindSpec, ...] = (llada.SPEC, diffusion_gemma.SPEC, dream.SPEC, llada2.SPEC, baseline.SPEC)
 SPECS: Mapping[str, KindSpec] = MappingProxyType({spec.kind: spec for spec in KIND_SPECS})
 MODEL_KINDS: tuple[str, ...] = tuple(SPECS)
 CASE_FIXTURES: tuple[str, ...] = tuple(spec.case_fixture for spec in KIND_SPECS)
