@@ -278,3 +278,35 @@ def test_every_shipped_config_is_valid_and_a_gpu_grid_is_refused_without_a_gpu(s
         assert "models[0].device" in str(error.value) and "jsonl" not in str(error.value)
     else:
         check_runnable(config)
+
+
+def test_a_section_as_a_list_of_sub_grids_runs_their_union_each_point_once(tmp_path: Path) -> None:
+    """Each item multiplies out on its own: [steps 4, 8] x [threshold null] and [steps 8] x
+    [threshold 0.9] are three points, not the four of one cross product; a point given twice
+    runs once."""
+    raw = tiny_config(
+        llada=[
+            {"steps": [4, 8], "block_length": [8]},
+            {"steps": [8], "block_length": [8], "threshold": [0.9]},
+            {"steps": [8], "block_length": [8]},
+        ]
+    )
+    llada = [s for s in parse_config(raw, tmp_path / "x.yaml").settings["llada"] if isinstance(s, LladaSettings)]
+    assert [s.threshold for s in llada] == [None, None, 0.9]  # the threshold rule has no step count
+    assert [s.steps for s in llada[:2]] == [4, 8]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ([{"steps": [4], "block_length": [8]}, {"steps": ["four"]}], "llada[1].steps"),
+        ([{"steps": [4], "block_length": [8]}, {"stepz": [4]}], "llada[1].stepz"),
+        ([{"steps": [4], "block_length": [8]}, "steps: 4"], "llada[1]"),
+        ([], "llada"),
+    ],
+    ids=["bad value", "unknown key", "not a mapping", "empty"],
+)
+def test_a_bad_sub_grid_is_named_by_its_index(tmp_path: Path, section: list[object], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(tiny_config(llada=section), tmp_path / "x.yaml")
+    assert f"key '{key}'" in str(error.value)

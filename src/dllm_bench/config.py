@@ -230,16 +230,36 @@ def _parse_sections(
     settings: dict[str, tuple[Settings, ...]] = {}
     for kind, backend in BACKENDS.items():
         used = any(m.kind == kind for m in models)
-        raw = None
-        if backend.section is not None and backend.section in top:
-            raw = check.mapping(top[backend.section], backend.section)
-        settings[kind] = backend.parse_section(check, raw, used=used)
+        if backend.section is not None and isinstance(top.get(backend.section), list):
+            settings[kind] = _parse_sub_grids(check, backend.section, top[backend.section], kind, used=used)
+        else:
+            raw = None
+            if backend.section is not None and backend.section in top:
+                raw = check.mapping(top[backend.section], backend.section)
+            settings[kind] = backend.parse_section(check, raw, used=used)
         if used and settings[kind]:
             backend.check_grid(check, gen_length, settings[kind])
         for index, model in enumerate(models):
             if model.kind == kind:
                 backend.check_model(check, f"models[{index}]", model, settings[kind])
     return settings
+
+
+def _parse_sub_grids(
+    check: Checker, section: str, items: list[object], kind: str, *, used: bool
+) -> tuple[Settings, ...]:
+    """A section given as a list of sub-grids: each item is a mapping of the section's keys,
+    multiplied out on its own; the kind runs the union, in order, each point once."""
+    if not items:
+        check.fail(section, "a mapping, or a non-empty list of mappings (sub-grids)", items)
+        return ()
+    union: dict[Settings, None] = {}
+    for index, item in enumerate(items):
+        item_check = check.item(section, index)
+        raw = item_check.mapping(item, section)
+        if raw is not None:
+            union.update(dict.fromkeys(BACKENDS[kind].parse_section(item_check, raw, used=used)))
+    return tuple(union)
 
 
 def _check_lengths(

@@ -112,6 +112,11 @@ class Checker:
         got_text = f", got {got!r}" if show_got else ""
         self.problems.append(f"key '{key}': expected {expected}{got_text}")
 
+    def item(self, section: str, index: int) -> Checker:
+        """A checker for item `index` of `section` given as a list: its problems are this
+        checker's, with the section's keys naming the item (`llada2[1].threshold`)."""
+        return ItemChecker(self, section, index)
+
     def raise_if_failed(self) -> None:
         if not self.problems:
             return
@@ -197,6 +202,21 @@ class Checker:
     def choice_axis(self, value: object, key: str, choices: Sequence[str]) -> tuple[str, ...]:
         values = [self.choice(v, key, choices) for v in self.axis(value, key)]
         return tuple(v for v in values if v is not None)
+
+
+class ItemChecker(Checker):
+    """See `Checker.item`."""
+
+    def __init__(self, parent: Checker, section: str, index: int) -> None:
+        super().__init__(parent.path)
+        self.problems = parent.problems
+        self.section = section
+        self.index = index
+
+    def fail(self, key: str, expected: str, got: object = None, *, show_got: bool = True) -> None:
+        if key == self.section or key.startswith(self.section + "."):
+            key = f"{self.section}[{self.index}]{key[len(self.section) :]}"
+        super().fail(key, expected, got, show_got=show_got)
 
 
 def one_line(text: str) -> str:
