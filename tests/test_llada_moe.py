@@ -414,3 +414,27 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     record_fixture()
     sys.exit(0)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        LladaSettings(steps=8, block_length=8),
+        LladaSettings(steps=None, block_length=8, threshold=0.3),
+        LladaSettings(steps=8, block_length=8, cache="dual"),
+    ],
+    ids=["steps", "threshold", "dual-cache"],
+)
+def test_each_row_of_a_left_padded_batch_decodes_as_that_row_alone(settings: LladaSettings) -> None:
+    """The LLaDA sampler on the MoE model: a batch of 3 prompts left padded by 0, 3 and 6
+    positions (the padding holds arbitrary tokens) gives each row the tokens it gets alone."""
+    model = seeded_model(TINY)
+    length, gen = 12, 16
+    prompts = tokens(7, 3, length)
+    mask = padding_mask(3, length)
+    with torch.no_grad():
+        batched = generate(model, prompts, settings, gen_length=gen, mask_id=MASK, attention_mask=mask)
+        for row in range(3):
+            alone = generate(model, prompts[row : row + 1, row * 3 :], settings, gen_length=gen, mask_id=MASK)
+            assert torch.equal(batched[row, length:], alone[0, length - row * 3 :]), row
+    assert (batched[:, length:] != MASK).all()
