@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from dllm_bench.kinds.llada2 import Llada2Settings
-from dllm_bench.models.llada2.modeling import LLaDA2KVCache
+from dllm_bench.models.layers import KVCache
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class _Decoder:
         self.cached = cached
         self.mask_id = mask_id
         self.eos_id = eos_id
-        self.cache: LLaDA2KVCache | None = None
+        self.cache: KVCache | None = None
 
     def logits(self, start: int, end: int) -> torch.Tensor:
         """The logits (B, end - start, vocab) of the block [start, end)."""

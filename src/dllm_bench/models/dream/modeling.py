@@ -8,7 +8,7 @@ positions, as the published model returns them: Dream was adapted from an autore
 model, so the prediction for position i is the logit row of position i - 1; the sampler
 (`dllm_bench.sampling.dream`) shifts them.
 
-A KV cache (`DreamKVCache`) serves Fast-dLLM's prefix and dual caches: a full forward with
+A KV cache (`KVCache`) serves Fast-dLLM's prefix and dual caches: a full forward with
 `use_cache=True` keeps every layer's keys (after the rotary embedding of their position)
 and values; a later forward of a slice of the canvas (`replace_position`, its first
 position) writes its own keys and values into the cache in place and attends to all
@@ -17,7 +17,6 @@ cached positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -26,9 +25,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from dllm_bench.models.dream.configuration import DreamConfig, unsupported_keys
+from dllm_bench.models.layers import IGNORED_FORWARD_KWARGS, KVCache, ModelOutput, RMSNorm, rotary_tables, rotate
 
 LogitsToKeep = slice | torch.Tensor | None
-_IGNORED_FORWARD_KWARGS = frozenset({"cache_position", "token_type_ids", "num_items_in_batch", "output_attentions"})
 
 
 class UnsupportedDreamConfigError(ValueError):
@@ -39,68 +38,6 @@ def check_supported(config: DreamConfig) -> None:
     problems = unsupported_keys(config)
     if problems:
         raise UnsupportedDreamConfigError("not supported by dllm_bench's Dream model: " + "; ".join(problems))
-
-
-class DreamRMSNorm(nn.Module):
-    """RMS normalisation; the statistics in float32, the scale applied in the input's dtype."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rotary_tables(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (B, 1, S, head_dim) of the positions (B, S), computed in float32, cast to `dtype`."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
-    inv_freq = 1.0 / (theta**exponents)
-    angles = positions.float()[..., None] * inv_freq
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-class DreamKVCache:
-    """Every layer's keys (rotated) and values, (batch, kv_heads, length, head_dim), of one canvas."""
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        if len(keys) != len(values) or not keys:
-            raise ValueError(f"a cache needs as many key as value tensors, at least one: {len(keys)}, {len(values)}")
-        self.keys = keys
-        self.values = values
-
-    @property
-    def length(self) -> int:
-        return int(self.keys[0].shape[2])
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.keys[0].shape[0])
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-@dataclass
-class DreamOutput:
-    """What `DreamLM.forward` returns (a plain dataclass: one field name in every transformers)."""
-
-    logits: torch.Tensor
-    past_key_values: DreamKVCache | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(f for f in (self.logits, self.past_key_values) if f is not None)
 
 
 class DreamAttention(nn.Module):
@@ -128,7 +65,7 @@ class DreamAttention(nn.Module):
         k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rotary
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:
             cached_k, cached_v = cache
             cached_k[:, :, start : start + length] = k
@@ -160,8 +97,8 @@ class DreamLayer(nn.Module):
         super().__init__()
         self.self_attn = DreamAttention(config)
         self.mlp = DreamMLP(config)
-        self.input_layernorm = DreamRMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
-        self.post_attention_layernorm = DreamRMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
+        self.input_layernorm = RMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
+        self.post_attention_layernorm = RMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
 
     def forward(
         self,
@@ -183,7 +120,7 @@ class DreamBackbone(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(int(config.vocab_size), int(config.hidden_size))
         self.layers = nn.ModuleList(DreamLayer(config) for _ in range(int(config.num_hidden_layers)))
-        self.norm = DreamRMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
+        self.norm = RMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
 
 
 def key_mask_of(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
@@ -236,7 +173,7 @@ class DreamLM(PreTrainedModel):  # type: ignore[no-untyped-call]
                 self._silence_mask_logit(module.weight)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, DreamRMSNorm):
+        elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 
     def _silence_mask_logit(self, weight: torch.Tensor) -> None:
@@ -265,25 +202,25 @@ class DreamLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: DreamKVCache | None = None,
+        past_key_values: KVCache | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
         replace_position: int | None = None,
         logits_to_keep: LogitsToKeep = None,
         **kwargs: Any,
-    ) -> DreamOutput | tuple[Any, ...]:
+    ) -> ModelOutput | tuple[Any, ...]:
         """Logits (B, kept positions, vocab) of `input_ids` (B, S), attention bidirectional.
 
         `attention_mask` (B, keys): 1 to attend, 0 for padding (keys = S, or the cache's length
         with a cache). `position_ids` (B, S): rotary positions (default: the canvas positions
         `replace_position + 0..S-1`). `use_cache=True` on a forward without a cache returns a
-        `DreamKVCache` of its keys and values; with `past_key_values`, the input is the
+        `KVCache` of its keys and values; with `past_key_values`, the input is the
         positions `[replace_position, replace_position + S)` of the cached canvas, written
         into the cache in place. `logits_to_keep`: a slice or 1-D positions of the input whose
         logits are computed (None: all), or a boolean (B, S) tensor: the logits of its True
         positions, (N, vocab) in row-major order.
         """
-        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_FORWARD_KWARGS)
+        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in IGNORED_FORWARD_KWARGS)
         if unexpected:
             raise TypeError(f"DreamLM.forward got unsupported arguments: {', '.join(unexpected)}")
         batch, length = input_ids.shape
@@ -305,8 +242,8 @@ class DreamLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         x = _kept(x, logits_to_keep)
         cache = past_key_values
         if use_cache and cache is None:
-            cache = DreamKVCache(keys, values)
-        output = DreamOutput(logits=self.head(x), past_key_values=cache if use_cache else None)
+            cache = KVCache(keys, values)
+        output = ModelOutput(logits=self.head(x), past_key_values=cache if use_cache else None)
         return output if return_dict is not False else output.to_tuple()
 
 
@@ -323,7 +260,7 @@ def _kept(x: torch.Tensor, logits_to_keep: LogitsToKeep) -> torch.Tensor:
     return x.index_select(1, logits_to_keep)
 
 
-def _check_cache(input_ids: torch.Tensor, cache: DreamKVCache | None, position: int | None, layers: int) -> int:
+def _check_cache(input_ids: torch.Tensor, cache: KVCache | None, position: int | None, layers: int) -> int:
     """The canvas position of the first input token; refuses inconsistent cache arguments."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
@@ -331,8 +268,8 @@ def _check_cache(input_ids: torch.Tensor, cache: DreamKVCache | None, position: 
         if position is not None:
             raise ValueError("replace_position needs past_key_values (the cache of a forward with use_cache=True)")
         return 0
-    if not isinstance(cache, DreamKVCache) or len(cache) != layers:
-        raise ValueError(f"past_key_values must be the DreamKVCache of this model's {layers} layers")
+    if not isinstance(cache, KVCache) or len(cache) != layers:
+        raise ValueError(f"past_key_values must be the KVCache of this model's {layers} layers")
     if isinstance(position, bool) or not isinstance(position, int):
         raise ValueError(f"with past_key_values, replace_position must be an int, got {position!r}")
     length = input_ids.shape[1]

@@ -15,13 +15,12 @@ normalised and times `routed_scaling_factor`, weight their outputs; the shared e
 added. The tokens of each expert run as one batch in the published order, so the logits
 equal the published code's bit for bit in float32.
 
-A KV cache (`LLaDA2KVCache`) serves the prefix cache of the block sampler: the keys
+A KV cache (`KVCache`) serves the prefix cache of the block sampler: the keys
 (after the rotary embedding) and values of the positions before the input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -29,79 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from dllm_bench.models.layers import IGNORED_FORWARD_KWARGS, KVCache, ModelOutput, RMSNorm, rotary_tables, rotate
 from dllm_bench.models.llada2.configuration import LLaDA2Config, LLaDA21Config, unsupported_keys
-
-_IGNORED_FORWARD_KWARGS = frozenset({"cache_position", "token_type_ids", "num_items_in_batch", "output_attentions"})
 
 
 class UnsupportedLLaDA2ConfigError(ValueError):
     """A LLaDA2 config whose computation the suite's model does not implement."""
-
-
-class LLaDA2RMSNorm(nn.Module):
-    """RMS normalisation; the statistics in float32, the scale applied in the input's dtype."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rotary_tables(
-    positions: torch.Tensor, rope_dim: int, theta: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (B, 1, S, rope_dim) of the positions (B, S), computed in float32, cast to `dtype`."""
-    exponents = torch.arange(0, rope_dim, 2, dtype=torch.int64, device=positions.device).float() / rope_dim
-    inv_freq = 1.0 / (theta**exponents)
-    angles = positions.float()[..., None] * inv_freq
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The rotary embedding of the first `cos.shape[-1]` features of each head; the rest pass."""
-    dim = cos.shape[-1]
-    rotated, passed = x[..., :dim], x[..., dim:]
-    half = dim // 2
-    turned = torch.cat((-rotated[..., half:], rotated[..., :half]), dim=-1)
-    return torch.cat((rotated * cos + turned * sin, passed), dim=-1)
-
-
-class LLaDA2KVCache:
-    """Every layer's keys (rotated) and values, (batch, kv_heads, length, head_dim), of a prefix."""
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        if len(keys) != len(values) or not keys:
-            raise ValueError(f"a cache needs as many key as value tensors, at least one: {len(keys)}, {len(values)}")
-        self.keys = keys
-        self.values = values
-
-    @property
-    def length(self) -> int:
-        return int(self.keys[0].shape[2])
-
-    def truncated(self, length: int) -> LLaDA2KVCache:
-        """The cache of the first `length` positions."""
-        return LLaDA2KVCache([k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values])
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-@dataclass
-class LLaDA2Output:
-    """What `LLaDA2MoeLM.forward` returns."""
-
-    logits: torch.Tensor
-    past_key_values: LLaDA2KVCache | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(f for f in (self.logits, self.past_key_values) if f is not None)
 
 
 class LLaDA2Attention(nn.Module):
@@ -114,11 +46,11 @@ class LLaDA2Attention(nn.Module):
         hidden = int(config.hidden_size)
         width = (self.heads + 2 * self.kv_heads) * self.head_dim
         self.query_key_value = nn.Linear(hidden, width, bias=bool(config.use_qkv_bias))
-        self.query_layernorm: LLaDA2RMSNorm | None = None
-        self.key_layernorm: LLaDA2RMSNorm | None = None
+        self.query_layernorm: RMSNorm | None = None
+        self.key_layernorm: RMSNorm | None = None
         if config.use_qk_norm:
-            self.query_layernorm = LLaDA2RMSNorm(self.head_dim, float(config.rms_norm_eps))
-            self.key_layernorm = LLaDA2RMSNorm(self.head_dim, float(config.rms_norm_eps))
+            self.query_layernorm = RMSNorm(self.head_dim, float(config.rms_norm_eps))
+            self.key_layernorm = RMSNorm(self.head_dim, float(config.rms_norm_eps))
         self.dense = nn.Linear(self.heads * self.head_dim, hidden, bias=bool(config.use_bias))
 
     def forward(
@@ -136,7 +68,7 @@ class LLaDA2Attention(nn.Module):
         if self.query_layernorm is not None and self.key_layernorm is not None:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         cos, sin = rotary
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
         kv = (k, v)
@@ -247,8 +179,8 @@ class LLaDA2Layer(nn.Module):
         self.mlp: nn.Module = (
             LLaDA2SparseMoe(config) if sparse else LLaDA2MLP(hidden, int(config.intermediate_size))
         )
-        self.input_layernorm = LLaDA2RMSNorm(hidden, eps)
-        self.post_attention_layernorm = LLaDA2RMSNorm(hidden, eps)
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
 
     def forward(
         self,
@@ -276,7 +208,7 @@ class LLaDA2Backbone(nn.Module):
         padding_idx = pad if isinstance(pad, int) and 0 <= pad < vocab else None
         self.word_embeddings = nn.Embedding(vocab, int(config.hidden_size), padding_idx)
         self.layers = nn.ModuleList(LLaDA2Layer(config, i) for i in range(int(config.num_hidden_layers)))
-        self.norm = LLaDA2RMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
+        self.norm = RMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
 
 
 class LLaDA2MoeLM(PreTrainedModel):  # type: ignore[no-untyped-call]
@@ -315,7 +247,7 @@ class LLaDA2MoeLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         elif isinstance(module, LLaDA2Router):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             cast(torch.Tensor, module.expert_bias).zero_()
-        elif isinstance(module, LLaDA2RMSNorm):
+        elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 
     def _silence_mask_logit(self, weight: torch.Tensor) -> None:
@@ -338,12 +270,12 @@ class LLaDA2MoeLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: LLaDA2KVCache | None = None,
+        past_key_values: KVCache | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: slice | None = None,
         **kwargs: Any,
-    ) -> LLaDA2Output | tuple[Any, ...]:
+    ) -> ModelOutput | tuple[Any, ...]:
         """Logits (B, kept positions, vocab), float32, of `input_ids` (B, S).
 
         `attention_mask`: None (every position attends to every one, as the published model
@@ -355,7 +287,7 @@ class LLaDA2MoeLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         last layer then runs its attention output and experts for those rows only (equal up to float
         rounding).
         """
-        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_FORWARD_KWARGS)
+        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in IGNORED_FORWARD_KWARGS)
         if unexpected:
             raise TypeError(f"LLaDA2MoeLM.forward got unsupported arguments: {', '.join(unexpected)}")
         if input_ids.dim() != 2:
@@ -378,7 +310,7 @@ class LLaDA2MoeLM(PreTrainedModel):  # type: ignore[no-untyped-call]
             values.append(v)
         x = self.model.norm(x)
         logits = self.lm_head(x).float()
-        output = LLaDA2Output(logits=logits, past_key_values=LLaDA2KVCache(keys, values) if use_cache else None)
+        output = ModelOutput(logits=logits, past_key_values=KVCache(keys, values) if use_cache else None)
         return output if return_dict is not False else output.to_tuple()
 
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from dllm_bench.models.layers import IGNORED_FORWARD_KWARGS, RMSNorm, rotate
 from dllm_bench.models.llada_hf.modeling_llada import (
     LLaDAKVCache,
     LLaDAOutput,
@@ -53,8 +54,6 @@ from dllm_bench.models.llada_hf.modeling_llada import (
     _keep_positions,
 )
 from dllm_bench.models.lladamoe.configuration import LLaDAMoEConfig, unsupported_keys
-
-_IGNORED_FORWARD_KWARGS = frozenset({"cache_position", "token_type_ids", "num_items_in_batch", "output_attentions"})
 
 
 class UnsupportedLLaDAMoEConfigError(ValueError):
@@ -67,20 +66,6 @@ def check_supported(config: LLaDAMoEConfig) -> None:
         raise UnsupportedLLaDAMoEConfigError("not supported by dllm_bench's LLaDA-MoE model: " + "; ".join(problems))
 
 
-class LLaDAMoERMSNorm(nn.Module):
-    """RMS normalisation; the statistics in float32, the scale applied in the input's dtype."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
 def rotary_tables(
     start: int, length: int, rotary_dim: int, theta: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,15 +76,6 @@ def rotary_tables(
     angles = (inv_freq[:, None] @ positions[None, :]).transpose(0, 1)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype)[None, None], angles.sin().to(dtype)[None, None]
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half on the first cos.shape[-1] channels of x (B, H, L, D); the rest pass."""
-    dim = cos.shape[-1]
-    part, rest = x[..., :dim], x[..., dim:]
-    half = dim // 2
-    rotated = part * cos + torch.cat((-part[..., half:], part[..., :half]), dim=-1) * sin
-    return torch.cat((rotated, rest), dim=-1)
 
 
 class LLaDAMoEMLP(nn.Module):
@@ -181,13 +157,13 @@ class LLaDAMoEAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(hidden, hidden, bias=bias)
-        self.q_norm: LLaDAMoERMSNorm | None = None
-        self.k_norm: LLaDAMoERMSNorm | None = None
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
         if config.qk_layernorm:
-            self.q_norm = LLaDAMoERMSNorm(self.head_dim, float(config.rms_norm_eps))
-            self.k_norm = LLaDAMoERMSNorm(self.head_dim, float(config.rms_norm_eps))
+            self.q_norm = RMSNorm(self.head_dim, float(config.rms_norm_eps))
+            self.k_norm = RMSNorm(self.head_dim, float(config.rms_norm_eps))
 
-    def _project(self, x: torch.Tensor, linear: nn.Linear, heads: int, norm: LLaDAMoERMSNorm | None) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, linear: nn.Linear, heads: int, norm: RMSNorm | None) -> torch.Tensor:
         batch, length, _ = x.shape
         y = F.linear(x, linear.weight, linear.bias).view(batch, length, heads, self.head_dim)
         if norm is not None:
@@ -208,7 +184,7 @@ class LLaDAMoEAttention(nn.Module):
         q = self._project(x, self.q_proj, self.heads, self.q_norm)
         k = self._project(x, self.k_proj, self.kv_heads, self.k_norm)
         v = self._project(x, self.v_proj, self.kv_heads, None)
-        q, k = _rotate(q, *rotary), _rotate(k, *rotary)
+        q, k = rotate(q, *rotary), rotate(k, *rotary)
         if cache is not None:
             cached_k, cached_v = cache
             cached_k[:, :, start : start + length].copy_(k)
@@ -231,8 +207,8 @@ class LLaDAMoEDecoderLayer(nn.Module):
         super().__init__()
         hidden, eps = int(config.hidden_size), float(config.rms_norm_eps)
         self.self_attn = LLaDAMoEAttention(config)
-        self.input_layernorm = LLaDAMoERMSNorm(hidden, eps)
-        self.post_attention_layernorm = LLaDAMoERMSNorm(hidden, eps)
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
         self.is_moe = config.moe_layer_freq[index] != 0
         self.mlp: nn.Module = (
             LLaDAMoESparseBlock(config) if self.is_moe else LLaDAMoEMLP(hidden, int(config.dense_intermediate_size))
@@ -283,7 +259,7 @@ class LLaDAMoEModel(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(int(config.vocab_size), int(config.hidden_size))
         self.layers = nn.ModuleList(LLaDAMoEDecoderLayer(config, i) for i in range(int(config.num_hidden_layers)))
-        self.norm = LLaDAMoERMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
+        self.norm = RMSNorm(int(config.hidden_size), float(config.rms_norm_eps))
 
     def forward(
         self,
@@ -340,7 +316,7 @@ class LLaDAMoEModelLM(PreTrainedModel):  # type: ignore[no-untyped-call]
                 nn.init.zeros_(module.bias)
             if module is self.lm_head:
                 self._silence_mask_logit(module)
-        elif isinstance(module, LLaDAMoERMSNorm):
+        elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
         elif isinstance(module, LLaDAMoESparseBlock) and module.expert_bias is not None:
             module.expert_bias.zero_()
@@ -379,7 +355,7 @@ class LLaDAMoEModelLM(PreTrainedModel):  # type: ignore[no-untyped-call]
         `logits_to_keep` are those of the suite's `LLaDAModelLM.forward`."""
         if labels is not None:
             raise ValueError("labels are not supported: the masked-diffusion loss is computed by the caller")
-        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_FORWARD_KWARGS)
+        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in IGNORED_FORWARD_KWARGS)
         if unexpected:
             raise TypeError(f"LLaDAMoEModelLM.forward got unsupported arguments: {', '.join(unexpected)}")
         if input_ids.dim() != 2:
