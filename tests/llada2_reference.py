@@ -10,52 +10,29 @@ fixture (`tests/fixtures/llada2_reference.json`) keeps the token checks running 
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import pytest
 import torch
 
-ENV = "DLLM_BENCH_LLADA2_REFERENCE"
-PACKAGE = "dllm_bench_llada2_reference"
+from tests.reference_code import ReferenceCode
+
 VERSIONS = {"2.0": "llada2_moe", "2.1": "llada21_moe"}
 FILES = tuple(f"{part}_{name}.py" for name in VERSIONS.values() for part in ("modeling", "configuration"))
 
 
-def reference_folder() -> Path | None:
-    value = os.environ.get(ENV)
-    if not value:
-        return None
-    folder = Path(value)
-    return folder if all((folder / name).is_file() for name in FILES) else None
-
-
-def skip_reason() -> str:
-    return (
-        f"the published LLaDA2 code is absent: set {ENV} to a folder with {', '.join(FILES)} "
-        "(ZHZisZZ/dllm dllm/pipelines/llada2{,1}/models/, with the transformers-5 shims)"
-    )
-
-
-needs_reference = pytest.mark.skipif(reference_folder() is None, reason=skip_reason())
-
-
-def module(name: str) -> ModuleType:
-    """A module of the reference folder, imported as part of one package (its relative imports work)."""
-    folder = reference_folder()
-    if folder is None:
-        pytest.skip(skip_reason())
-    if PACKAGE not in sys.modules:
-        package = ModuleType(PACKAGE)
-        package.__path__ = [str(folder)]
-        sys.modules[PACKAGE] = package
-    return importlib.import_module(f"{PACKAGE}.{name}")
+REFERENCE = ReferenceCode(
+    family="LLaDA2",
+    env="DLLM_BENCH_LLADA2_REFERENCE",
+    package="dllm_bench_llada2_reference",
+    files=FILES,
+    source="ZHZisZZ/dllm dllm/pipelines/llada2{,1}/models/, with the transformers-5 shims",
+)
+reference_folder = REFERENCE.folder
+module = REFERENCE.module
+needs_reference = REFERENCE.marker()
 
 
 def reference_model(version: str, state: dict[str, torch.Tensor], config_kwargs: dict[str, object]) -> Any:
