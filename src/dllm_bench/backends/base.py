@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -183,3 +183,23 @@ def optional_axis(
     items = check.axis(value, key)
     parsed = [(item, None if item is None else parse(item, key)) for item in items]
     return tuple(v for item, v in parsed if item is None or v is not None)
+
+
+class CheckedSettings(Protocol):
+    """Settings that say their own problems, alone (None) or for one generation length."""
+
+    def problems(self, gen_length: int | None = None) -> dict[str, str]: ...
+
+
+def check_settings_per_length(
+    check: Checker, section: str, gen_lengths: Sequence[int], settings: Sequence[CheckedSettings]
+) -> None:
+    """Each setting's problems at each generation length of the grid, under the section's key;
+    the same problem once."""
+    reported: set[str] = set()
+    for gen_length in gen_lengths:
+        for item in settings:
+            for key, text in item.problems(gen_length).items():
+                if key + text not in reported:
+                    reported.add(key + text)
+                    check.fail(f"{section}.{key}", f"for grid.gen_length {gen_length}: {text}", show_got=False)

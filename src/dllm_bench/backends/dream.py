@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModel
 
-from dllm_bench.backends.base import Backend, check_arch_types, check_positive, check_section_keys, optional_axis
+from dllm_bench.backends.base import (
+    Backend,
+    check_arch_types,
+    check_positive,
+    check_section_keys,
+    check_settings_per_length,
+    optional_axis,
+)
 from dllm_bench.kinds import Settings
 from dllm_bench.kinds.dream import ALGORITHMS, CACHE_ALG, CACHE_MODES, SPEC, THRESHOLD_ALG, DreamSettings
 from dllm_bench.models.dream.checkpoint import load_dream_checkpoint
@@ -116,14 +123,7 @@ class DreamBackend(Backend):
 
     def check_grid(self, check: Checker, gen_lengths: tuple[int, ...], settings: tuple[Settings, ...]) -> None:
         """Blocks must divide every gen_length and the steps split over the blocks; each problem once."""
-        reported: set[str] = set()
-        for gen_length in gen_lengths:
-            for item in settings:
-                assert isinstance(item, DreamSettings)
-                for key, text in item.problems(gen_length).items():
-                    if key + text not in reported:
-                        reported.add(key + text)
-                        check.fail(f"{SECTION}.{key}", f"for grid.gen_length {gen_length}: {text}", show_got=False)
+        check_settings_per_length(check, SECTION, gen_lengths, [s for s in settings if isinstance(s, DreamSettings)])
 
     def check_model(self, check: Checker, key: str, spec: ModelSpec, settings: tuple[Settings, ...]) -> None:
         if not spec.trust_remote_code:

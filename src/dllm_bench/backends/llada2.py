@@ -23,7 +23,14 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoModelForCausalLM
 
-from dllm_bench.backends.base import Backend, check_arch_types, check_positive, check_section_keys, optional_axis
+from dllm_bench.backends.base import (
+    Backend,
+    check_arch_types,
+    check_positive,
+    check_section_keys,
+    check_settings_per_length,
+    optional_axis,
+)
 from dllm_bench.kinds import Settings
 from dllm_bench.kinds.llada2 import CACHE_MODES, SPEC, Llada2Settings
 from dllm_bench.models.checkpoint import CheckpointError
@@ -147,14 +154,7 @@ class Llada2Backend(Backend):
         return tuple(settings)
 
     def check_grid(self, check: Checker, gen_lengths: tuple[int, ...], settings: tuple[Settings, ...]) -> None:
-        reported: set[str] = set()
-        for gen_length in gen_lengths:
-            for item in settings:
-                assert isinstance(item, Llada2Settings)
-                for key, text in item.problems(gen_length).items():
-                    if key + text not in reported:
-                        reported.add(key + text)
-                        check.fail(f"{SECTION}.{key}", f"for grid.gen_length {gen_length}: {text}", show_got=False)
+        check_settings_per_length(check, SECTION, gen_lengths, [s for s in settings if isinstance(s, Llada2Settings)])
 
     def check_model(self, check: Checker, key: str, spec: ModelSpec, settings: tuple[Settings, ...]) -> None:
         editing = sorted(
