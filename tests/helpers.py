@@ -3,19 +3,24 @@ running `python -m pytest` as a real process (real signals, real files)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
 from dllm_bench.rows import Row
 from dllm_bench.sinks.csvfiles import read_results
+from tests.prestarted import PRESTARTED_ENV, PrestartedProcess
 
 TINY_LLADA_ARCH = {
     "d_model": 32,
@@ -113,6 +118,24 @@ def sleep_plugin(seconds: float, model_class: str = "transformers.PreTrainedMode
     return _SLEEP_PLUGIN.format(module=module, name=name, seconds=seconds)
 
 
+@contextlib.contextmanager
+def auto_classes_as_shipped() -> Iterator[None]:
+    """transformers' Auto classes without any registration (as the library ships them) while
+    the context runs, and the process's registrations back afterwards. Registrations are
+    process-wide: a suite run in this process registers the suite's LLaDA classes
+    (`register_llada_auto_classes`), and AutoModel then prefers them to a folder's own code."""
+    mappings = (CONFIG_MAPPING, MODEL_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING)
+    saved = [dict(mapping._extra_content) for mapping in mappings]
+    for mapping in mappings:
+        mapping._extra_content.clear()
+    try:
+        yield
+    finally:
+        for mapping, content in zip(mappings, saved, strict=True):
+            mapping._extra_content.clear()
+            mapping._extra_content.update(content)
+
+
 PARTIAL = "raw_metrics_partial.csv"
 FINAL = "raw_metrics.csv"
 
@@ -180,31 +203,54 @@ def slow_grid(directory: Path, steps: tuple[int, ...] = STEPS, measured_rounds: 
     return write_config(directory, config)
 
 
+class Process(Protocol):
+    """What the tests use of a started pytest process: `subprocess.Popen` or a
+    `tests.prestarted.PrestartedProcess`."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 def start_pytest(
     project: Path,
     *args: str,
     output_dir: str | None = "out",
     config: str = "grid.yaml",
     env: dict[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
+    fresh: bool = False,
+) -> Process:
     """`python -m pytest --config grid.yaml --output-dir out ARGS` in its own process group,
     with the default SIGINT handler (a shell's `&` would ignore SIGINT); output goes to
-    project/pytest-output.txt. `output_dir=None` leaves --output-dir out."""
+    project/pytest-output.txt. `output_dir=None` leaves --output-dir out.
+
+    The process is forked from the test process's prestarted interpreter (imports done; see
+    `tests.prestarted`) when the `project` fixture made one; `fresh=True` starts a new
+    interpreter instead, for a test about the start-up itself."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    log = (project / "pytest-output.txt").open("ab")
+    server = full_env.pop(PRESTARTED_ENV, None)
+    log = project / "pytest-output.txt"
     where = ["--output-dir", output_dir] if output_dir is not None else []
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", config, *where, *args],
-        cwd=project,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    pytest_args = ["-p", "no:cacheprovider", "--config", config, *where, *args]
+    if server and not fresh:
+        request = {"args": pytest_args, "cwd": str(project), "env": full_env, "log": str(log)}
+        return PrestartedProcess(Path(server), request)
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pytest", *pytest_args],
+            cwd=project,
+            env=full_env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
 
-def wait_rows(path: Path, count: int, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+def wait_rows(path: Path, count: int, proc: Process, timeout: float = 300.0) -> None:
     """Return once `path` holds `count` complete rows; fail if pytest ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -216,7 +262,7 @@ def wait_rows(path: Path, count: int, proc: subprocess.Popen[bytes], timeout: fl
     raise AssertionError(f"no {count} rows in {path} after {timeout} s")
 
 
-def wait_for(predicate: Any, proc: subprocess.Popen[bytes], what: str, timeout: float = 300.0) -> None:
+def wait_for(predicate: Any, proc: Process, what: str, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -227,7 +273,7 @@ def wait_for(predicate: Any, proc: subprocess.Popen[bytes], what: str, timeout: 
     raise AssertionError(f"not {what} after {timeout} s")
 
 
-def finish(proc: subprocess.Popen[bytes], timeout: float = 600.0) -> int:
+def finish(proc: Process, timeout: float = 600.0) -> int:
     """The exit code; a process still running after `timeout` is killed and the test fails."""
     try:
         return proc.wait(timeout=timeout)
@@ -240,7 +286,7 @@ def output_of(project: Path) -> str:
     return (project / "pytest-output.txt").read_text(errors="replace")
 
 
-def assert_exit(proc: subprocess.Popen[bytes], project: Path, expected: int, output_dir: str = "out") -> None:
+def assert_exit(proc: Process, project: Path, expected: int, output_dir: str = "out") -> None:
     """Wait for pytest to end and check its exit code; when it is not the expected one,
     the message holds the ends of pytest's output and of the run's log."""
     code = finish(proc)

@@ -12,9 +12,8 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
+from dllm_bench.backends import backend
 from dllm_bench.backends.llada import write_llada_folder
 from dllm_bench.models.llada_checkpoint import (
     CheckpointError,
@@ -25,6 +24,8 @@ from dllm_bench.models.llada_checkpoint import (
 )
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_FIXED_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAModelLM
+from dllm_bench.spec import ModelSpec
+from tests.helpers import TINY_LLADA_ARCH, auto_classes_as_shipped
 from tests.published_llada import PUBLISHED_8B_CONFIG, TINY_SHAPE, published_layout
 
 # A checkpoint's own code: importing it would fail the test.
@@ -43,7 +44,9 @@ def source_model(seed: int = 0) -> LLaDAModelLM:
 
 
 def write_checkpoint(
-    folder: Path, model: LLaDAModelLM, config: dict[str, Any] | None = None,
+    folder: Path,
+    model: LLaDAModelLM,
+    config: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """A folder in the GSAI-ML layout: config.json with every published key, model.safetensors, remote code."""
@@ -129,8 +132,9 @@ def test_unsupported_config_values_are_refused(tmp_path: Path, key: str, value: 
 
 def test_norm_bias_from_include_bias_is_refused(tmp_path: Path) -> None:
     # The hub code gives every norm a bias when bias_for_layer_norm is null and include_bias is set.
-    folder = write_checkpoint(tmp_path / "ckpt", source_model(),
-                              published_layout(bias_for_layer_norm=None, include_bias=True))
+    folder = write_checkpoint(
+        tmp_path / "ckpt", source_model(), published_layout(bias_for_layer_norm=None, include_bias=True)
+    )
     with pytest.raises(CheckpointError, match="bias_for_layer_norm=true"):
         load_llada_config(folder)
 
@@ -185,14 +189,10 @@ def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def auto_registration() -> Iterator[None]:
-    """Undo the registration afterwards: it is process-wide state of transformers."""
-    saved = [dict(mapping._extra_content) for mapping in (CONFIG_MAPPING, MODEL_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING)]
-    try:
+    """No registration before the test, and the process's back afterwards: it is process-wide
+    state of transformers."""
+    with auto_classes_as_shipped():
         yield
-    finally:
-        for mapping, content in zip((CONFIG_MAPPING, MODEL_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING), saved, strict=True):
-            mapping._extra_content.clear()
-            mapping._extra_content.update(content)
 
 
 def test_auto_classes_load_a_llada_folder_without_remote_code(
@@ -208,3 +208,22 @@ def test_auto_classes_load_a_llada_folder_without_remote_code(
         assert type(model) is LLaDAModelLM
         name = "model.transformer.wte.weight"
         assert torch.equal(model.state_dict()[name], original.state_dict()[name])
+
+
+def test_trust_remote_code_loads_the_folders_own_code_after_the_suite_registered_its_classes(
+    tmp_path: Path, auto_registration: None
+) -> None:
+    """A grid with a LLaDA entry and a `trust_remote_code: true` LLaDA entry: loading the first
+    registers the suite's classes for model_type llada, and AutoModel would then load the
+    suite's model for the second too. The backend resolves the folder's own class instead."""
+    folder = write_llada_folder(tmp_path / "tiny", TINY_LLADA_ARCH, seed=0, dtype=torch.float32)
+    llada = backend("llada")
+    plain_spec = ModelSpec(name="ours", kind="llada", source=str(folder), device="cpu")
+    plain = llada.load(plain_spec, str(folder), torch.float32)
+    assert type(plain) is LLaDAModelLM
+    remote_spec = ModelSpec(name="own", kind="llada", source=str(folder), device="cpu", trust_remote_code=True)
+    remote = llada.load(remote_spec, str(folder), torch.float32)
+    assert type(remote).__module__.startswith("transformers_modules."), type(remote).__module__
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(remote(ids).logits, plain(ids).logits)

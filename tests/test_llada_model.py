@@ -21,6 +21,7 @@ from dllm_bench.models import random_init
 from dllm_bench.models.llada_hf.configuration_llada import LLADA_FIXED_KEYS, LLaDAConfig
 from dllm_bench.models.llada_hf.modeling_llada import LLaDAKVCache, LLaDAModelLM, UnsupportedConfigError
 from dllm_bench.models.random_init import folder_key
+from tests.helpers import auto_classes_as_shipped
 
 TINY: dict[str, Any] = {
     "d_model": 64,
@@ -58,6 +59,14 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     # huggingface_hub reads HF_HUB_OFFLINE once at import, so also patch the parsed constant.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _auto_classes_as_shipped() -> Iterator[None]:
+    """These tests load folders with their own code (trust_remote_code): without the suite's
+    LLaDA registration, which an in-process suite run earlier in this process leaves behind."""
+    with auto_classes_as_shipped():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -406,9 +415,11 @@ def _naive_row(
             heads.append(torch.softmax(scores, dim=-1) @ v[:, kv * hd : (kv + 1) * hd])
         x = x + torch.cat(heads, dim=-1) @ w[q_ + "attn_out.weight"].T
         h = rms(x, w[q_ + "ff_norm.weight"])
-        x = x + (torch.nn.functional.silu(h @ w[q_ + "ff_proj.weight"].T) * (h @ w[q_ + "up_proj.weight"].T)) @ w[
-            q_ + "ff_out.weight"
-        ].T
+        x = (
+            x
+            + (torch.nn.functional.silu(h @ w[q_ + "ff_proj.weight"].T) * (h @ w[q_ + "up_proj.weight"].T))
+            @ w[q_ + "ff_out.weight"].T
+        )
     x = rms(x, w[p + "ln_f.weight"])
     return x @ w[p + "ff_out.weight"].T, layers
 
@@ -477,8 +488,9 @@ def test_cached_forward_uses_the_stale_cache_outside_the_fed_positions(gqa_model
         full = gqa_model(ids, attention_mask=mask, use_cache=True)
         cache = full.past_key_values
         fed_end = ids.shape[1] if mode == "prefix" else hi
-        out = gqa_model(changed[:, lo:fed_end], attention_mask=mask, past_key_values=cache, replace_position=lo,
-                        use_cache=True)
+        out = gqa_model(
+            changed[:, lo:fed_end], attention_mask=mask, past_key_values=cache, replace_position=lo, use_cache=True
+        )
         fresh = gqa_model(changed, attention_mask=mask).logits
     assert out.past_key_values is cache  # updated in place
     state, cfg = gqa_model.state_dict(), gqa_model.config
@@ -488,8 +500,9 @@ def test_cached_forward_uses_the_stale_cache_outside_the_fed_positions(gqa_model
         expected, layers = _naive_row(state, cfg, changed[row], keep, fed=(lo, fed_end), stale=stale)
         torch.testing.assert_close(out.logits[row].double(), expected, atol=1e-5, rtol=0)
         for i, (k, _) in enumerate(layers):
-            torch.testing.assert_close(cache.keys[i][row].transpose(0, 1).reshape(ids.shape[1], -1).double(), k,
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                cache.keys[i][row].transpose(0, 1).reshape(ids.shape[1], -1).double(), k, atol=1e-5, rtol=0
+            )
     # The stale prefix makes a difference: the cached logits are not those of a fresh full forward.
     assert not torch.allclose(out.logits[:, : hi - lo], fresh[:, lo:hi], atol=1e-4)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModel
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from dllm_bench.backends import llada_moe
 from dllm_bench.backends.base import Backend, check_arch_types, check_positive
@@ -82,6 +83,24 @@ def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
         dtype=dtype,
         code_files=[llada_source_dir() / name for name in LLADA_REMOTE_CODE_FILES],
     )
+
+
+def load_own_code(location: str, dtype: torch.dtype, revision: str | None) -> torch.nn.Module:
+    """A LLaDA checkpoint with the model class of its own code (config.json's
+    ``auto_map.AutoModel``), resolved directly. ``AutoModel.from_pretrained(...,
+    trust_remote_code=True)`` would not do: once the suite has loaded a LLaDA model without
+    remote code in this process (:func:`register_llada_auto_classes`), transformers prefers the
+    registered class for ``model_type: llada`` and silently loads the suite's model instead."""
+    config, _ = PretrainedConfig.get_config_dict(location, revision=revision)
+    reference = config.get("auto_map", {}).get("AutoModel")
+    if not isinstance(reference, str):
+        raise ValueError(
+            f"{location}: trust_remote_code needs the checkpoint's own code, but its config.json has no "
+            "auto_map.AutoModel; leave trust_remote_code out to run the suite's LLaDA model"
+        )
+    model_class: type[PreTrainedModel] = get_class_from_dynamic_module(reference, location, revision=revision)
+    model: torch.nn.Module = model_class.from_pretrained(location, dtype=dtype, revision=revision or "main")
+    return model
 
 
 def _llada_types() -> dict[str, tuple[type, ...]]:
@@ -246,10 +265,7 @@ class LladaBackend(Backend):
         if is_lladamoe_config(llada_moe.read_config(location, spec.revision)):
             return llada_moe.load_checkpoint(location, dtype, spec.revision, spec.trust_remote_code)
         if spec.trust_remote_code:
-            model: torch.nn.Module = AutoModel.from_pretrained(
-                location, trust_remote_code=True, dtype=dtype, revision=spec.revision
-            )
-            return model
+            return load_own_code(location, dtype, spec.revision)
         register_llada_auto_classes()
         return load_llada_checkpoint(location, dtype=dtype, revision=spec.revision)
 
