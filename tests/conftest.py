@@ -22,11 +22,37 @@ from tqdm import tqdm
 import dllm_bench.fixture
 import dllm_bench.sinks.report.writer  # noqa: F401
 from tests.helpers import BENCH_TEST_FILE
+from tests.prestarted import PRESTARTED_ENV, PrestartedInterpreter
 
 # The suite turns tqdm's monitor thread off in its process (dllm_bench.progress); so do the
 # tests' own model writes here, which would otherwise start it before the first in-process
 # run and look like a thread that run left behind (see `process_state`).
 tqdm.monitor_interval = 0
+
+# The test files that take longest (tens of seconds each: they start processes, submit SLURM
+# jobs, train, or sleep on purpose), longest first, as measured with `--durations=0` on the
+# 2-core CI machine. `pytest tests -n 3 --dist loadfile --no-loadscope-reorder` hands whole
+# files to the workers in collection order, so these are handed out first and the hundreds of
+# short tests fill the gaps at the end instead of a long file starting last. Only the order
+# changes: a file missing here runs after them, as before.
+LONG_FILES = (
+    "test_xdist.py",
+    "test_slurm.py",
+    "test_interrupts.py",
+    "test_trained_models.py",
+    "test_gpu_check.py",
+    "test_faults.py",
+    "test_ci_scripts.py",
+    "test_measurement.py",
+    "test_progress.py",
+    "test_report_browser.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long files first (in LONG_FILES order), each file's tests kept in their order."""
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -116,11 +142,30 @@ def bench_project(
     assert not changed, f"an in-process run left state behind in this process: {changed}"
 
 
+@pytest.fixture(scope="session")
+def prestarted_interpreter(_one_torch_thread_per_test_process: None) -> Iterator[PrestartedInterpreter]:
+    """This test process's prestarted interpreter (`tests.prestarted`): started when a test
+    first needs it, ended with the session."""
+    server = PrestartedInterpreter({**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
-def project(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(
+    tmp_path: Path,
+    model_cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    prestarted_interpreter: PrestartedInterpreter,
+) -> Path:
     """A folder with the benchmark test file, for tests that start `python -m pytest`
-    themselves (real signals, real processes); see `tests.helpers.start_pytest`."""
+    themselves (real signals, real processes); see `tests.helpers.start_pytest`, which forks
+    them from the prestarted interpreter."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("DLLM_BENCH_CACHE", str(model_cache_dir))
+    monkeypatch.setenv(PRESTARTED_ENV, str(prestarted_interpreter.socket_path))
     (tmp_path / "test_bench.py").write_text(BENCH_TEST_FILE, encoding="utf-8")
     return tmp_path

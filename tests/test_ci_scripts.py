@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ci" / "gpu_benchmark.sh"
 WORKFLOWS = REPO / ".github" / "workflows"
 
-# Every run sleeps FLOOR_S per top-level forward pass (tests.helpers.sleep_plugin): about
-# 0.8 s per generate call (2 forwards), against the tiny model's few milliseconds of real work, which load
+# Every run sleeps FLOOR_S per top-level forward pass (tests.helpers.sleep_plugin): at least
+# 0.4 s per generate call (1 forward), against the tiny model's few milliseconds of real work, which load
 # would have to slow 250x to move a run past the limits. The injected slowdown adds
 # SLOWDOWN_S on top, in the slowed runs only.
 FLOOR_S = 0.4
@@ -44,15 +44,17 @@ def load_summary_module() -> ModuleType:
 
 
 def one_case_config() -> dict[str, object]:
-    """One LLaDA case of 2 forward passes per call: 1 warm-up call and 2 measured calls."""
+    """One LLaDA case of 1 forward pass per call (1 token in 1 step: the exact decode, so no
+    second decode for agreement_exact): 1 warm-up call (profiled: forward_mean_s) and 1
+    measured call, so each run sleeps as few times as the checks need."""
     return tiny_config(
         models=[
             {"name": "tiny-llada", "kind": "llada", "source": "random-init", "device": "cpu", "arch": TINY_LLADA_ARCH}
         ],
-        grid={"prompt_length": [8], "gen_length": [4], "batch_size": [1]},
-        llada={"steps": [2], "block_length": [4]},
+        grid={"prompt_length": [8], "gen_length": [1], "batch_size": [1]},
+        llada={"steps": [1], "block_length": [1]},
         warmup_rounds=1,
-        measured_rounds=2,
+        measured_rounds=1,
     )
 
 

@@ -312,7 +312,7 @@ def test_a_signal_while_a_finished_run_saves_changes_nothing(project: Path) -> N
 def test_ctrl_c_during_start_up_is_a_clean_interrupt(project: Path) -> None:
     """Ctrl+C while torch is being imported (the first seconds): pytest's interrupt, exit 2."""
     slow_grid(project)
-    proc = start_pytest(project)
+    proc = start_pytest(project, fresh=True)  # a new interpreter: this test is about its imports
 
     def torch_loading() -> bool:
         try:

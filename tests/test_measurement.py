@@ -44,8 +44,20 @@ def _one_case_config(project: pytest.Pytester) -> Path:
     return write_config(project.path, tiny_config(llada={"steps": [4], "block_length": [8]}, measured_rounds=1))
 
 
+def _few_forwards_config(project: pytest.Pytester) -> Path:
+    """One LLaDA and one AR case of 2 forward passes per call (2 tokens; LLaDA's is the exact
+    decode, so no second decode for agreement_exact): the runs that sleep in every forward
+    sleep as few times as the checks need."""
+    config = tiny_config(
+        grid={"prompt_length": [8], "gen_length": [2], "batch_size": [2]},
+        llada={"steps": [2], "block_length": [2]},
+        measured_rounds=1,
+    )
+    return write_config(project.path, config)
+
+
 def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pytester) -> None:
-    path = _one_case_config(bench_project)
+    path = _few_forwards_config(bench_project)
     _sleep_plugins(bench_project)
     storage = bench_project.path / "storage"
     first = bench_project.runpytest_inprocess(
@@ -54,7 +66,7 @@ def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pyte
     assert first.ret == pytest.ExitCode.OK
     (saved,) = storage.rglob("*.json")
     data = json.loads(saved.read_text())
-    assert {b["group"] for b in data["benchmarks"]} == {"p8-g8-b2"}
+    assert {b["group"] for b in data["benchmarks"]} == {"p8-g2-b2"}
     assert all("nfe" in b["extra_info"] and "tokens_per_s" in b["extra_info"] for b in data["benchmarks"])
     assert data["machine_info"]["dllm_bench"]["torch_version"]
     assert all(b["options"]["timer"] == "synchronized_timer" for b in data["benchmarks"])
@@ -73,7 +85,7 @@ def test_autosave_and_compare_work_on_the_suite_cases(bench_project: pytest.Pyte
 
 
 def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_project: pytest.Pytester) -> None:
-    path = _one_case_config(bench_project)
+    path = _few_forwards_config(bench_project)
     _sleep_plugins(bench_project)
     first = bench_project.runpytest_inprocess("--config", str(path), "--output-dir", "base", *FLOOR)
     assert first.ret == pytest.ExitCode.OK
@@ -92,7 +104,7 @@ def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_pr
     assert slow.ret == pytest.ExitCode.TESTS_FAILED
     failed = [line for line in slow.stdout.lines if line.startswith("gate FAILED")]
     assert len(failed) == 1, slow.stdout.str()
-    assert "tiny-llada-p8-g8-b2-s4-k8: tokens_per_s" in failed[0]
+    assert "tiny-llada-p8-g2-b2-s2-k2: tokens_per_s" in failed[0]
     assert "limit -50%" in failed[0]
     # The last line says the gate failed, after pytest's green "passed" line.
     last = [line for line in slow.stdout.lines if line.strip()][-1]
@@ -102,12 +114,12 @@ def test_gate_passes_on_the_same_rows_and_fails_on_an_injected_slowdown(bench_pr
     assert slow_manifest["reason"] == "gate failed: 1 case/metric pairs regressed (tokens_per_s)"
     record = slow_manifest["gate"]
     assert record["passed"] is False
-    assert [f["case_id"] for f in record["failures"]] == ["tiny-llada-p8-g8-b2-s4-k8"]
+    assert [f["case_id"] for f in record["failures"]] == ["tiny-llada-p8-g2-b2-s2-k2"]
     assert record["failures"][0]["metric"] == "tokens_per_s"
     # Same work, more time: the number of forward passes did not change.
     before = {r.case_id: r.nfe for r in rows(base / FINAL)}
     after = {r.case_id: r.nfe for r in rows(bench_project.path / "slow" / FINAL)}
-    assert before == after == {"tiny-llada-p8-g8-b2-s4-k8": 4, "tiny-llama-p8-g8-b2": 8}
+    assert before == after == {"tiny-llada-p8-g2-b2-s2-k2": 2, "tiny-llama-p8-g2-b2": 2}
 
 
 def test_a_gate_that_compares_nothing_fails_unless_allowed(bench_project: pytest.Pytester) -> None:
