@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _started_pytest_runs_are_not_xdist_workers() -> Iterator[None]:
-    """Under `pytest tests -n 2` each worker has PYTEST_XDIST_WORKER and its siblings in its
+    """Under `pytest tests -n 3` each worker has PYTEST_XDIST_WORKER and its siblings in its
     environment. The pytest runs the tests start are independent sessions and must not
     inherit them: pytest-benchmark turns itself off in what it takes for an xdist worker,
     and the suite pins a worker to a GPU. Session-scoped and autouse, so it comes first."""
@@ -70,8 +70,8 @@ def _started_pytest_runs_are_not_xdist_workers() -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread_per_test_process() -> Iterator[None]:
     """One torch CPU thread in each test process and in the processes the tests start (as
-    the suite's own runs use by default). `pytest tests -n 2` runs two workers on the two
-    cores of the CI machine: with torch's default of a thread per core each, four threads
+    the suite's own runs use by default). `pytest tests -n 3` runs three workers on the two
+    cores of the CI machine: with torch's default of a thread per core each, six threads
     share two cores, and torch's waiting threads take the time the tests need."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -68,6 +68,6 @@ def test_every_module_is_in_the_code_map() -> None:
 
 def test_the_two_setup_commands_are_there() -> None:
     assert "pip install torch==2.13.0 -e . && pytest benchmarks" in README
-    command = "pytest tests -n 2 --dist loadfile"
+    command = "pytest tests -n 3 --dist loadfile --no-loadscope-reorder"
     assert f"pip install torch==2.13.0 -e '.[dev]' && {command}\n" in README
     assert f"\n{command} --durations=25\n" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
