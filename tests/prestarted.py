@@ -252,7 +252,8 @@ class PrestartedProcess:
 
 
 class PrestartedInterpreter:
-    """The server process for one test process; `start` forks a run from it."""
+    """The server process for one test process; a `PrestartedProcess` on its socket forks a run
+    from it (`tests.helpers.start_pytest` finds the socket in the environment)."""
 
     def __init__(self, env: dict[str, str]) -> None:
         # A short path of its own: a Unix socket's path has at most 107 bytes.
@@ -279,11 +280,6 @@ class PrestartedInterpreter:
             self.close()
             raise RuntimeError(f"the prestarted interpreter did not start (exit {self._proc.poll()})")
         self._ready = True
-
-    def start(self, args: list[str], cwd: Path, env: dict[str, str], log: Path) -> PrestartedProcess:
-        self.wait_ready()
-        request = {"args": args, "cwd": str(cwd), "env": env, "log": str(log)}
-        return PrestartedProcess(self.socket_path, request)
 
     def close(self) -> None:
         if self._proc.stdin is not None:
