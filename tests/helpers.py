@@ -68,15 +68,12 @@ TINY_DGEMMA_ARCH = {
     "eos_token_id": 1,
     "bos_token_id": 2,
 }
-# Big enough that a case takes long enough to be interrupted, small enough for CI.
-SLOW_LLADA_ARCH = {
-    **TINY_LLADA_ARCH,
-    "d_model": 128,
-    "n_heads": 4,
-    "n_kv_heads": 4,
-    "n_layers": 2,
-    "mlp_hidden_size": 256,
-}
+# The suite's LLaDA model class, for a sleep plugin that slows the LLaDA model only.
+LLADA_MODEL_CLASS = "dllm_bench.models.llada_hf.modeling_llada.LLaDAModelLM"
+# What makes a slow grid slow: each LLaDA forward pass sleeps this long after its real work
+# (about 1 ms for the tiny model), so a case takes long enough to be interrupted while the
+# machine stays free for the other tests. A slow grid's LLaDA cases take 0.4-3 s each.
+SLOW_FORWARD_S = 0.003
 
 # The benchmark test file itself (one test per model kind), copied into pytester folders.
 BENCH_TEST_FILE = (Path(__file__).resolve().parent.parent / "benchmarks" / "test_generation.py").read_text(
@@ -84,26 +81,30 @@ BENCH_TEST_FILE = (Path(__file__).resolve().parent.parent / "benchmarks" / "test
 )
 
 _SLEEP_PLUGIN = """
+import importlib
 import time
 
 import pytest
-import torch
-from {module} import {name} as _Model
 
 _HOOK = pytest.StashKey()
 
 
-def _sleep_after_forward(module, args, output):
-    if isinstance(module, _Model) and getattr(output, "logits", None) is not None:
-        time.sleep({seconds})
-
-
 def pytest_configure(config):
-    config.stash[_HOOK] = torch.nn.modules.module.register_module_forward_hook(_sleep_after_forward)
+    import torch
+
+    model_class = getattr(importlib.import_module("{module}"), "{name}")
+
+    def sleep_after_forward(module, args, output):
+        if isinstance(module, model_class) and getattr(output, "logits", None) is not None:
+            time.sleep({seconds})
+
+    config.stash[_HOOK] = torch.nn.modules.module.register_module_forward_hook(sleep_after_forward)
 
 
 def pytest_unconfigure(config):
-    config.stash[_HOOK].remove()
+    hook = config.stash.get(_HOOK, None)  # None when a Ctrl+C came before configure ended
+    if hook is not None:
+        hook.remove()
 """
 
 
@@ -113,7 +114,9 @@ def sleep_plugin(seconds: float, model_class: str = "transformers.PreTrainedMode
     floor that host load cannot shorten, so the tiny models' milliseconds of real work, even
     many times slower under load, cannot move a run past a test's limits; a second plugin in
     one run only is an injected slowdown. The hook is registered for the pytest run only
-    (configure to unconfigure), so the plugin can be used in an in-process run too."""
+    (configure to unconfigure), so the plugin can be used in an in-process run too. It imports
+    torch there, not when it is imported: in a conftest.py, importing torch would move the
+    start-up's torch import out of the pytest session, where Ctrl+C is handled."""
     module, name = model_class.rsplit(".", 1)
     return _SLEEP_PLUGIN.format(module=module, name=name, seconds=seconds)
 
@@ -192,15 +195,25 @@ def case_ids(steps: tuple[int, ...] = STEPS) -> list[str]:
 
 
 def slow_grid(directory: Path, steps: tuple[int, ...] = STEPS, measured_rounds: int = 3) -> Path:
-    """A grid whose cases take long enough to be interrupted: 3 batch sizes x steps, plus AR."""
+    """A grid whose cases take long enough to be interrupted: 3 batch sizes x steps, plus AR.
+    The LLaDA model sleeps SLOW_FORWARD_S after each forward pass (a plugin added to the
+    folder's conftest.py, so every run in the folder has it: resumes, xdist workers)."""
     config = tiny_config(
         grid={"prompt_length": [16], "gen_length": [64], "batch_size": [1, 2, 4]},
         llada={"steps": list(steps), "block_length": [64]},
         warmup_rounds=1,
         measured_rounds=measured_rounds,
     )
-    config["models"][0]["arch"] = SLOW_LLADA_ARCH
+    add_conftest(directory, sleep_plugin(SLOW_FORWARD_S, LLADA_MODEL_CLASS))
     return write_config(directory, config)
+
+
+def add_conftest(directory: Path, code: str) -> None:
+    """Append `code` to the folder's conftest.py (created if missing): a test's own hooks and
+    the slow grid's sleep live side by side, whichever is added first."""
+    path = directory / "conftest.py"
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.write_text(f"{before}\n{code}", encoding="utf-8")
 
 
 class Process(Protocol):

@@ -35,6 +35,7 @@ from tests.helpers import (
     FINAL,
     PARTIAL,
     TINY_LLADA_ARCH,
+    add_conftest,
     assert_exit,
     finish,
     manifest,
@@ -287,7 +288,7 @@ def test_a_second_run_into_the_same_directory_is_refused(
 ) -> None:
     """The first run is a process of its own (it holds the directory); the second runs here."""
     slow_grid(project)
-    (project / "conftest.py").write_text(HOLD_CONFTEST)
+    add_conftest(project, HOLD_CONFTEST)
     first = start_pytest(project)
     wait_for(lambda: (project / "holding").exists(), first, "the first run is between cases")
     shutil.copy(project / "grid.yaml", bench_project.path)

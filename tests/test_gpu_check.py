@@ -245,21 +245,16 @@ def test_a_refused_config_fails_its_items_with_the_reason(
     assert "refused" in result.detail and "warmup_rounds" in result.detail
 
 
-@pytest.mark.slow
-def test_the_oom_grid_is_a_valid_config_with_the_oversized_batch_first(tmp_path: Path) -> None:
+def test_the_oom_grid_is_a_valid_config_with_the_oversized_batch_first(
+    tmp_path: Path, bench_project: pytest.Pytester
+) -> None:
+    """Collected in-process: the suite reads the config and orders its cases."""
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grids.grid_config(), sort_keys=False), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks", f"--config={path}", "--collect-only", "-q"],
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    ids = [line for line in done.stdout.splitlines() if "::test_" in line]
+    result = bench_project.runpytest(f"--config={path}", "--collect-only", "-q")
+    output = result.stdout.str()
+    assert result.ret == 0, output + result.stderr.str()
+    ids = [line for line in output.splitlines() if "::test_" in line]
     assert len(ids) == 4
     assert f"-b{grids.OOM_BATCH}-" in ids[0] and "-b1-" in ids[1]
 

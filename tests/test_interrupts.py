@@ -26,6 +26,7 @@ from tests.helpers import (
     FINAL,
     PARTIAL,
     TINY_LLADA_ARCH,
+    add_conftest,
     assert_exit,
     case_ids,
     manifest,
@@ -141,7 +142,7 @@ def test_sigusr2_stops_cleanly_like_sigterm(project: Path) -> None:
 
 
 def test_second_sigterm_interrupts_at_once_and_still_saves(project: Path) -> None:
-    (project / "conftest.py").write_text(HOLD_CASE_CONFTEST)
+    add_conftest(project, HOLD_CASE_CONFTEST)
     proc, out = _run_until_rows(project, 1)
     # Both signals land while the next case is held in its call: on a busy machine a case
     # could otherwise finish between them, and the second would land in the save instead.
@@ -209,7 +210,7 @@ def test_sigkill_at_random_moments_loses_no_finished_row(project: Path) -> None:
 
 
 def test_double_ctrl_c_while_saving_still_saves_without_a_traceback(project: Path) -> None:
-    (project / "conftest.py").write_text(SLOW_FINISH_CONFTEST)
+    add_conftest(project, SLOW_FINISH_CONFTEST)
     proc, out = _run_until_rows(project, 2)
     os.killpg(proc.pid, signal.SIGINT)
     wait_for(lambda: (project / "finishing").exists(), proc, "the session's end")
@@ -226,7 +227,7 @@ def test_a_flood_of_ctrl_c_does_not_break_the_save(project: Path) -> None:
     """Signals sent as fast as one process can send them from the second row to the end of
     the save (a stuck key, a supervisor in a loop). When handlers logged, a handler
     re-entered inside its own log call and the save was lost (manifest left 'running')."""
-    (project / "conftest.py").write_text(SLOW_FINISH_CONFTEST)
+    add_conftest(project, SLOW_FINISH_CONFTEST)
     proc, out = _run_until_rows(project, 2)
     sent = 0
     deadline = time.monotonic() + 120
@@ -281,7 +282,7 @@ dllm_bench.recorder.append_row = _append_then_interrupt
 
 
 def test_ctrl_c_right_after_a_row_is_written_still_counts_that_row(project: Path) -> None:
-    (project / "conftest.py").write_text(SIGINT_AFTER_ROW_CONFTEST)
+    add_conftest(project, SIGINT_AFTER_ROW_CONFTEST)
     slow_grid(project)
     proc = start_pytest(project)
     assert_exit(proc, project, pytest.ExitCode.INTERRUPTED)
@@ -294,7 +295,7 @@ def test_ctrl_c_right_after_a_row_is_written_still_counts_that_row(project: Path
 
 
 def test_a_signal_while_a_finished_run_saves_changes_nothing(project: Path) -> None:
-    (project / "conftest.py").write_text(SLOW_FINISH_CONFTEST)
+    add_conftest(project, SLOW_FINISH_CONFTEST)
     write_config(project, tiny_config())
     proc = start_pytest(project)
     wait_for(lambda: (project / "finishing").exists(), proc, "the session's end")

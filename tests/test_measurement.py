@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FINAL, PARTIAL, manifest, rows, sleep_plugin, tiny_config, write_config
+from tests.helpers import FINAL, manifest, rows, sleep_plugin, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -167,29 +167,6 @@ def test_summary_table_and_relative_speed(bench_project: pytest.Pytester) -> Non
     final = rows(_only_run_dir(bench_project) / FINAL)
     assert len(final) == 3
     assert all(row.latency_mean_s is not None and row.latency_mean_s > 0 for row in final)
-
-
-def test_under_xdist_the_rows_are_still_measured(bench_project: pytest.Pytester) -> None:
-    path = write_config(bench_project.path, tiny_config())
-    result = bench_project.runpytest_subprocess("--config", str(path), "-n", "2", "--output-dir", "out")
-    assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*pytest-benchmark is off under xdist*fully measured in raw_metrics.csv*"])
-    final = rows(bench_project.path / "out" / FINAL)
-    assert sorted(row.case_id for row in final) == [
-        "tiny-llada-p8-g8-b2-s4-k8",
-        "tiny-llada-p8-g8-b2-s8-k8",
-        "tiny-llama-p8-g8-b2",
-    ]
-    assert sorted(rows(bench_project.path / "out" / PARTIAL), key=lambda r: r.case_id) == sorted(
-        final, key=lambda r: r.case_id
-    )
-    for row in final:
-        assert row.status == "ok"
-        assert row.measured_rounds == 2
-        assert row.latency_min_s is not None and row.latency_mean_s is not None and row.latency_max_s is not None
-        assert row.latency_min_s <= row.latency_mean_s <= row.latency_max_s
-        assert row.nfe in {4, 8}
-        assert row.xdist_worker in {"gw0", "gw1"}
 
 
 def test_compare_with_a_run_saved_on_another_machine_outside_the_project_warns(

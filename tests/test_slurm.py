@@ -34,7 +34,7 @@ from dllm_bench.cases import expand_cases
 from dllm_bench.config import load_config
 from dllm_bench.rows import COLUMN_NAMES
 from dllm_bench.sharding import assign_shards
-from tests.helpers import TINY_LLADA_ARCH, tiny_config, write_config
+from tests.helpers import LLADA_MODEL_CLASS, sleep_plugin, tiny_config, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -46,7 +46,9 @@ SHARDS = 3
 JOB_TIMEOUT_S = 600.0
 TASK_LINE = re.compile(r"^dllm-bench-task: (\S+) (.*)$")
 MERGE_LINE = re.compile(r"^dllm-bench-merge: (start|end) (\S+)(.*)$")
-SLOW_ARCH = {**TINY_LLADA_ARCH, "d_model": 128, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 256}
+# The slow grid's LLaDA model sleeps this long after each forward pass (a plugin the jobs load
+# through PYTEST_PLUGINS): about a second per case, with the CPU free for the other tests.
+SLOW_FORWARD_S = 0.004
 
 
 # --- the cluster -------------------------------------------------------------------------
@@ -98,6 +100,17 @@ def job_env(model_cache_dir: Path) -> dict[str, str]:
         DLLM_REPO=str(REPO),
     )
     return env
+
+
+@pytest.fixture
+def slow_job_env(job_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """`job_env`, with a plugin that makes every LLaDA forward pass of the jobs sleep
+    SLOW_FORWARD_S (for `_slow_grid`)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow_forward.py").write_text(sleep_plugin(SLOW_FORWARD_S, LLADA_MODEL_CLASS), encoding="utf-8")
+    path = os.pathsep.join(filter(None, [str(plugins), job_env.get("PYTHONPATH", "")]))
+    return {**job_env, "PYTHONPATH": path, "PYTEST_PLUGINS": "slow_forward"}
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -265,8 +278,9 @@ def _tiny_grid(directory: Path) -> Path:
 
 
 def _slow_grid(directory: Path) -> Path:
-    """10 LLaDA cases of equal cost (about a second each on one CPU) and one baseline case,
-    so that every shard has several cases and a signal lands between two of them."""
+    """10 LLaDA cases of equal cost (about a second each, most of it asleep: run the jobs with
+    `slow_job_env`) and one baseline case, so that every shard has several cases and a signal
+    lands between two of them."""
     config = tiny_config(
         grid={"prompt_length": [16], "gen_length": [32], "batch_size": [2]},
         llada={
@@ -278,7 +292,6 @@ def _slow_grid(directory: Path) -> Path:
         warmup_rounds=1,
         measured_rounds=5,
     )
-    config["models"][0]["arch"] = SLOW_ARCH  # type: ignore[index]
     return write_config(directory, config, "slow-grid.yaml")
 
 
@@ -322,14 +335,14 @@ def test_array_runs_every_case_once_and_merges(cluster: Cluster, tmp_path: Path,
 
 
 def test_cancelled_task_keeps_its_rows_and_resubmitting_it_completes_the_grid(
-    cluster: Cluster, tmp_path: Path, job_env: dict[str, str]
+    cluster: Cluster, tmp_path: Path, slow_job_env: dict[str, str]
 ) -> None:
     config = _slow_grid(tmp_path)
     run_dir = tmp_path / "run"
-    expected = _collected_ids(config, job_env)
+    expected = _collected_ids(config, slow_job_env)
     plan = _shard_plan(config)
 
-    first = _submit(config, run_dir, job_env)
+    first = _submit(config, run_dir, slow_job_env)
     cancelled_at: list[tuple[dt.datetime, str]] = []
 
     def cancel(shard: int) -> None:
@@ -355,7 +368,7 @@ def test_cancelled_task_keeps_its_rows_and_resubmitting_it_completes_the_grid(
     assert _jobs(first.merge_id)[0]["JobState"] == "CANCELLED"
     assert not (run_dir / "merged").exists()
 
-    second = _submit(config, run_dir, job_env, tasks=str(shard))
+    second = _submit(config, run_dir, slow_job_env, tasks=str(shard))
     _wait_gone([second.array_id, second.merge_id], run_dir)
     _log_timeline(run_dir, [first, second], cancelled_at)
 
@@ -370,16 +383,16 @@ def test_cancelled_task_keeps_its_rows_and_resubmitting_it_completes_the_grid(
 
 
 def test_time_limit_warning_stops_the_task_cleanly_and_it_requeues_itself(
-    cluster: Cluster, tmp_path: Path, job_env: dict[str, str]
+    cluster: Cluster, tmp_path: Path, slow_job_env: dict[str, str]
 ) -> None:
     """`--signal=B:USR2@300` sends SIGUSR2 to the batch shell only; here `scancel --batch
     --signal=USR2` sends it the same way, without waiting for a time limit."""
     config = _slow_grid(tmp_path)
     run_dir = tmp_path / "run"
-    expected = _collected_ids(config, job_env)
+    expected = _collected_ids(config, slow_job_env)
     plan = _shard_plan(config)
 
-    sub = _submit(config, run_dir, job_env)
+    sub = _submit(config, run_dir, slow_job_env)
     events: list[tuple[dt.datetime, str]] = []
 
     def warn(shard: int) -> None:

@@ -1,5 +1,8 @@
-"""Several workers (pytest-xdist): one row per case, models loaded once per worker,
-clean stops on signals to the process group and to the controller alone, and resume."""
+"""Several workers (pytest-xdist): one row per case, models loaded once per worker, rows
+fully measured, the controller's progress lines, clean stops on signals to the process group
+and to the controller alone, and resume.
+
+The tests that only read a complete run share one (`complete_run`, a module fixture)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    BENCH_TEST_FILE,
     FINAL,
     PARTIAL,
+    add_conftest,
     assert_exit,
     case_ids,
     finish,
@@ -26,6 +31,7 @@ from tests.helpers import (
     wait_for,
     wait_rows,
 )
+from tests.prestarted import PRESTARTED_ENV, PrestartedInterpreter
 
 pytestmark = pytest.mark.slow
 
@@ -45,11 +51,23 @@ def _check_complete(out: Path) -> None:
     assert sorted(row.case_id for row in rows(out / FINAL)) == case_ids(STEPS)
 
 
-def test_two_workers_one_row_per_case_one_load_per_model(grid_project: Path) -> None:
-    project = grid_project
-    proc = start_pytest(project, "-n", "2")
+@pytest.fixture(scope="module")
+def complete_run(
+    tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, prestarted_interpreter: PrestartedInterpreter
+) -> Path:
+    """A folder with one complete run of the slow grid with two workers (`-n 2`), its output
+    in a file (no terminal), for the tests that only read it."""
+    project = tmp_path_factory.mktemp("complete-run")
+    (project / "test_bench.py").write_text(BENCH_TEST_FILE, encoding="utf-8")
+    slow_grid(project, steps=STEPS, measured_rounds=3)
+    env = {"DLLM_BENCH_CACHE": str(model_cache_dir), PRESTARTED_ENV: str(prestarted_interpreter.socket_path)}
+    proc = start_pytest(project, "-n", "2", env=env)
     assert_exit(proc, project, 0)
-    out = project / "out"
+    return project
+
+
+def test_two_workers_one_row_per_case_one_load_per_model(complete_run: Path) -> None:
+    out = complete_run / "out"
     _check_complete(out)
     assert len(rows(out / PARTIAL)) == len(case_ids(STEPS))
     lines = list(csv.reader((out / PARTIAL).read_text().splitlines()))
@@ -60,6 +78,31 @@ def test_two_workers_one_row_per_case_one_load_per_model(grid_project: Path) -> 
     # Scheduling by model: every model is loaded once, by one worker.
     assert loads == {"tiny-llada": 1, "tiny-llama": 1}
     assert "loaded model" not in (out / "benchmark.log").read_text(), "the controller loads nothing"
+
+
+def test_under_xdist_the_rows_are_still_measured(complete_run: Path) -> None:
+    """pytest-benchmark is off under xdist; the suite's own measurement fills every row."""
+    assert re.search(r"pytest-benchmark is off under xdist.*fully measured in raw_metrics.csv", output_of(complete_run))
+    out = complete_run / "out"
+    final = rows(out / FINAL)
+    assert sorted(row.case_id for row in final) == case_ids(STEPS)
+    assert sorted(rows(out / PARTIAL), key=lambda r: r.case_id) == sorted(final, key=lambda r: r.case_id)
+    for row in final:
+        assert row.status == "ok"
+        assert row.measured_rounds == 3
+        assert row.latency_min_s is not None and row.latency_mean_s is not None and row.latency_max_s is not None
+        assert row.latency_min_s <= row.latency_mean_s <= row.latency_max_s
+        assert row.nfe in set(STEPS)  # LLaDA: its steps; the AR baseline: gen_length 64
+        assert row.xdist_worker in {"gw0", "gw1"}
+
+
+def test_the_controller_writes_progress_lines_without_a_terminal(complete_run: Path) -> None:
+    """Output in a file, not a terminal: the controller counts the workers' cases in lines."""
+    output = output_of(complete_run)
+    total = len(case_ids(STEPS))
+    assert f"progress: {total}/{total} cases (0 failed, 0 skipped)" in output
+    assert "\r" not in output, "no carriage returns in a log"
+    assert f"progress: {total}/{total} cases" in (complete_run / "out" / "benchmark.log").read_text()
 
 
 @pytest.mark.parametrize(("sig", "target"), [("SIGTERM", "group"), ("SIGINT", "group"), ("SIGTERM", "controller")])
@@ -109,7 +152,7 @@ def pytest_sessionfinish(session):
 
 def test_a_second_signal_during_worker_teardown_loses_nothing(grid_project: Path) -> None:
     project = grid_project
-    (project / "conftest.py").write_text(SLOW_FINISH_CONFTEST)
+    add_conftest(project, SLOW_FINISH_CONFTEST)
     out = project / "out"
     proc = start_pytest(project, "-n", "2")
     wait_rows(out / PARTIAL, 2, proc)
