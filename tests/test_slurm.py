@@ -196,11 +196,11 @@ def _assert_finished_ok(sub: Submission) -> None:
 # --- results -----------------------------------------------------------------------------
 
 
-def _collected_ids(config: Path, env: dict[str, str]) -> list[str]:
-    """The grid's case ids, from a serial `--collect-only -q` of the same config."""
-    command = [sys.executable, "-m", "pytest", "benchmarks", "--config", str(config), "--collect-only", "-q"]
-    out = _run([*command, "-p", "no:cacheprovider"], env=env)
-    ids = [m.group(1) for m in re.finditer(r"^benchmarks/\S+::test_\w+\[(.+)\]$", out, re.MULTILINE)]
+def _collected_ids(config: Path, bench_project: pytest.Pytester) -> list[str]:
+    """The grid's case ids, from a serial `--collect-only -q` of the same config (in-process)."""
+    result = bench_project.runpytest("--config", str(config), "--collect-only", "-q", "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    ids = [m.group(1) for m in re.finditer(r"^\S*test_bench\.py::test_\w+\[(.+)\]$", out, re.MULTILINE)]
     assert ids, out
     return ids
 
@@ -316,10 +316,12 @@ def _first_row_then(run_dir: Path, plan: dict[int, list[str]], action: Callable[
 # --- tests -------------------------------------------------------------------------------
 
 
-def test_array_runs_every_case_once_and_merges(cluster: Cluster, tmp_path: Path, job_env: dict[str, str]) -> None:
+def test_array_runs_every_case_once_and_merges(
+    cluster: Cluster, tmp_path: Path, job_env: dict[str, str], bench_project: pytest.Pytester
+) -> None:
     config = _tiny_grid(tmp_path)
     run_dir = tmp_path / "run"
-    expected = _collected_ids(config, job_env)
+    expected = _collected_ids(config, bench_project)
     assert len(expected) == 6
 
     sub = _submit(config, run_dir, job_env)
@@ -335,11 +337,11 @@ def test_array_runs_every_case_once_and_merges(cluster: Cluster, tmp_path: Path,
 
 
 def test_cancelled_task_keeps_its_rows_and_resubmitting_it_completes_the_grid(
-    cluster: Cluster, tmp_path: Path, slow_job_env: dict[str, str]
+    cluster: Cluster, tmp_path: Path, slow_job_env: dict[str, str], bench_project: pytest.Pytester
 ) -> None:
     config = _slow_grid(tmp_path)
     run_dir = tmp_path / "run"
-    expected = _collected_ids(config, slow_job_env)
+    expected = _collected_ids(config, bench_project)
     plan = _shard_plan(config)
 
     first = _submit(config, run_dir, slow_job_env)
@@ -383,13 +385,13 @@ def test_cancelled_task_keeps_its_rows_and_resubmitting_it_completes_the_grid(
 
 
 def test_time_limit_warning_stops_the_task_cleanly_and_it_requeues_itself(
-    cluster: Cluster, tmp_path: Path, slow_job_env: dict[str, str]
+    cluster: Cluster, tmp_path: Path, slow_job_env: dict[str, str], bench_project: pytest.Pytester
 ) -> None:
     """`--signal=B:USR2@300` sends SIGUSR2 to the batch shell only; here `scancel --batch
     --signal=USR2` sends it the same way, without waiting for a time limit."""
     config = _slow_grid(tmp_path)
     run_dir = tmp_path / "run"
-    expected = _collected_ids(config, slow_job_env)
+    expected = _collected_ids(config, bench_project)
     plan = _shard_plan(config)
 
     sub = _submit(config, run_dir, slow_job_env)
