@@ -11,11 +11,15 @@ starts a fresh interpreter instead (`start_pytest(..., fresh=True)`).
 
 The server never runs torch code and starts no threads before it forks, so the children
 inherit no thread pools or held locks. It listens on a Unix socket; a client connects, sends
-one JSON line (argv, cwd, environment, log file) and reads back `pid N` and, when the child
+one JSON line (argv, cwd, environment, and a log file or, passed with the line, the child's
+stdin, stdout and stderr: a pseudo-terminal, pipes) and reads back `pid N` and, when the child
 has ended, `exit CODE` (the Popen convention: minus the signal number when a signal ended
 it). The server ends when its standard input closes, that is with the test process.
 
-Run as `python -m tests.prestarted SOCKET_PATH`.
+Run as `python -m tests.prestarted SOCKET_PATH` (the server), or as
+`python tests/prestarted.py --pytest SOCKET_PATH ARGS...`: a stand-in for `python -m pytest
+ARGS` (its environment, working directory and standard streams; the run's exit status) that a
+script under test can be given as its Python (see `launcher_script`).
 """
 
 from __future__ import annotations
@@ -82,13 +86,15 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def _standard_streams(log: str) -> None:
-    """stdin from /dev/null, stdout and stderr appended to `log`, unbuffered."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
+def _standard_streams(log: str | None, fds: list[int]) -> None:
+    """stdin, stdout and stderr: the three descriptors the client passed, or stdin from
+    /dev/null and stdout and stderr appended to `log`; unbuffered."""
+    if not fds:
+        assert log is not None, "a request names a log file or passes three descriptors"
+        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fds = [os.open(os.devnull, os.O_RDONLY), out, out]
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=True)
@@ -132,7 +138,7 @@ def _run_pytest(args: list[str]) -> int:
     return code
 
 
-def _child(request: dict[str, Any], base_path: list[str], others: list[socket.socket]) -> None:
+def _child(request: dict[str, Any], fds: list[int], base_path: list[str], others: list[socket.socket]) -> None:
     """Become the requested `python -m pytest` run; never returns."""
     code = 1
     try:
@@ -149,7 +155,7 @@ def _child(request: dict[str, Any], base_path: list[str], others: list[socket.so
         sys.path[:] = [cwd, *extra, *base_path]
         for name in [name for name in sys.modules if name == "tests" or name.startswith("tests.")]:
             del sys.modules[name]
-        _standard_streams(request["log"])
+        _standard_streams(request.get("log"), fds)
         code = _run_pytest(request["args"])
     except BaseException:
         traceback.print_exc()
@@ -162,15 +168,18 @@ def _child(request: dict[str, Any], base_path: list[str], others: list[socket.so
 # --- the server --------------------------------------------------------------------------------------
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any]:
+def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The request and the descriptors passed with it (none, or stdin, stdout, stderr)."""
     data = b""
+    fds: list[int] = []
     while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
+        chunk, passed, _, _ = socket.recv_fds(conn, 65536, 3)
         if not chunk:
             raise ConnectionError("the client left before sending its request")
         data += chunk
+        fds.extend(passed)
     request: dict[str, Any] = json.loads(data)
-    return request
+    return request, fds
 
 
 def serve(path: str) -> None:
@@ -188,10 +197,12 @@ def serve(path: str) -> None:
             return  # the test process is gone
         if listener in readable:
             conn, _ = listener.accept()
-            request = _read_request(conn)
+            request, fds = _read_request(conn)
             pid = os.fork()
             if pid == 0:
-                _child(request, base_path, [listener, conn, *children.values()])
+                _child(request, fds, base_path, [listener, conn, *children.values()])
+            for fd in fds:  # the child's now: a terminal or pipe held here would never see its end
+                os.close(fd)
             children[pid] = conn
             conn.sendall(f"pid {pid}\n".encode())
         for pid in list(children):
@@ -210,10 +221,16 @@ class PrestartedProcess:
     """A child of the prestarted interpreter, with the parts of `subprocess.Popen` the tests
     use: `pid`, `returncode`, `poll()` and `wait(timeout)`."""
 
-    def __init__(self, path: Path, request: dict[str, Any]) -> None:
+    def __init__(self, path: Path, request: dict[str, Any], stdio: tuple[int, int, int] | None = None) -> None:
+        """`stdio`: the child's stdin, stdout and stderr (instead of the request's log file)."""
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(str(path))
-        self._conn.sendall(json.dumps(request).encode() + b"\n")
+        line = json.dumps(request).encode() + b"\n"
+        if stdio is None:
+            self._conn.sendall(line)
+        else:
+            sent = socket.send_fds(self._conn, [line], list(stdio))
+            self._conn.sendall(line[sent:])
         self._buffer = b""
         self.returncode: int | None = None
         self.pid = int(self._line(None).removeprefix("pid "))
@@ -294,5 +311,38 @@ class PrestartedInterpreter:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
+def launcher_script(path: Path, socket_path: Path) -> Path:
+    """Write an executable at `path` that runs `-m pytest ARGS` through the prestarted
+    interpreter at `socket_path` (`run_pytest`) and anything else with this Python: a
+    stand-in for a script's Python (DLLM_PYTHON) whose pytest runs are forked, not started."""
+    this = Path(__file__).resolve()
+    path.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -m ] && [ "$2" = pytest ]; then\n'
+        "    shift 2\n"
+        f'    exec "{sys.executable}" "{this}" --pytest "{socket_path}" "$@"\n'
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n',
+        encoding="utf-8",
+    )
+    path.chmod(0o755)
+    return path
+
+
+def run_pytest(socket_path: str, args: list[str]) -> int:
+    """`python -m pytest ARGS` with this process's environment, working directory and standard
+    streams, forked by the prestarted interpreter; returns its exit status. A run ended by a
+    signal ends this process by the same signal, as the shell would see it."""
+    env = {k: v for k, v in os.environ.items() if k != PRESTARTED_ENV}
+    request = {"args": args, "cwd": os.getcwd(), "env": env}
+    code = PrestartedProcess(Path(socket_path), request, stdio=(0, 1, 2)).wait()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--pytest":
+        raise SystemExit(run_pytest(sys.argv[2], sys.argv[3:]))
     serve(sys.argv[1])

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers import TINY_LLADA_ARCH, sleep_plugin, tiny_config, write_config
+from tests.prestarted import PrestartedInterpreter, launcher_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ci" / "gpu_benchmark.sh"
@@ -59,14 +60,21 @@ def one_case_config() -> dict[str, object]:
 
 
 def script_env(
-    tmp_path: Path, model_cache_dir: Path, *, branch: str, plugins: list[str], run: str, store: str = "auto"
+    tmp_path: Path,
+    model_cache_dir: Path,
+    *,
+    branch: str,
+    plugins: list[str],
+    run: str,
+    store: str = "auto",
+    python: str = sys.executable,
 ) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("GITHUB_")}
     env.update(
         {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "plugins"), env.get("PYTHONPATH", "")])),
             "DLLM_PYTEST_ARGS": " ".join(f"-p {name}" for name in plugins),
-            "DLLM_PYTHON": sys.executable,
+            "DLLM_PYTHON": python,
             "DLLM_CI_HISTORY": str(tmp_path / "history"),
             "DLLM_CI_MACHINE": "test-cpu",
             "DLLM_CI_BRANCH": branch,
@@ -102,8 +110,12 @@ def reference_of(history: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
-    tmp_path: Path, model_cache_dir: Path
+    tmp_path: Path, model_cache_dir: Path, prestarted_interpreter: PrestartedInterpreter
 ) -> None:
+    """The script's Python is a stand-in whose `-m pytest` runs are forked from the prestarted
+    interpreter (`tests.prestarted.launcher_script`): the script and its pytest runs as they are,
+    without their imports each time."""
+    python = str(launcher_script(tmp_path / "python", prestarted_interpreter.socket_path))
     summary = load_summary_module()
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -113,7 +125,9 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     history = tmp_path / "history"
 
     # 1. main, no reference yet: passes and becomes the reference.
-    first = run_script(config, script_env(tmp_path, model_cache_dir, branch="main", plugins=["latency_floor"], run="1"))
+    first = run_script(
+        config, script_env(tmp_path, model_cache_dir, branch="main", plugins=["latency_floor"], run="1", python=python)
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert "no reference" in first.stderr
     reference = reference_of(history)
@@ -126,7 +140,12 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
 
     # 2. a branch with the slowdown injected: the gate and pytest-benchmark's comparison fail.
     slow_env = script_env(
-        tmp_path, model_cache_dir, branch="feature", plugins=["latency_floor", "injected_slowdown"], run="2"
+        tmp_path,
+        model_cache_dir,
+        branch="feature",
+        plugins=["latency_floor", "injected_slowdown"],
+        run="2",
+        python=python,
     )
     second = run_script(config, slow_env)
     output = second.stdout + second.stderr
@@ -143,7 +162,9 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     assert reference_of(history) == reference  # a branch never replaces main's reference
 
     # 3. the same branch without the slowdown passes against the same reference.
-    third_env = script_env(tmp_path, model_cache_dir, branch="feature", plugins=["latency_floor"], run="3")
+    third_env = script_env(
+        tmp_path, model_cache_dir, branch="feature", plugins=["latency_floor"], run="3", python=python
+    )
     third = run_script(config, third_env)
     assert third.returncode == 0, third.stdout + third.stderr
     assert f"gating against main's run {reference['run']}" in third.stderr
@@ -152,7 +173,13 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
 
     # 4. accepting a deliberate slowdown on main: it still fails, but becomes the reference.
     forced_env = script_env(
-        tmp_path, model_cache_dir, branch="main", plugins=["latency_floor", "injected_slowdown"], run="4", store="force"
+        tmp_path,
+        model_cache_dir,
+        branch="main",
+        plugins=["latency_floor", "injected_slowdown"],
+        run="4",
+        store="force",
+        python=python,
     )
     fourth = run_script(config, forced_env)
     assert fourth.returncode == 1, fourth.stdout + fourth.stderr

@@ -10,8 +10,6 @@ import os
 import pty
 import re
 import struct
-import subprocess
-import sys
 import termios
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +21,7 @@ from dllm_bench import progress as progress_module
 from dllm_bench.progress import CaseProgress, Progress, choose_mode
 from dllm_bench.sinks.manifest import Counts
 from tests.helpers import tiny_config, write_config
+from tests.prestarted import PRESTARTED_ENV, PrestartedProcess
 
 
 def test_choose_mode() -> None:
@@ -74,46 +73,48 @@ def test_log_mode_logs_progress_lines(caplog: pytest.LogCaptureFixture, monkeypa
     assert len(lines) == 11  # the start, then every 10% of the cases
 
 
-def _run_in_pty(project: Path, *args: str) -> tuple[int, str]:
-    """Run pytest with stdout and stderr on a pseudo-terminal of 160 x 40; return the text."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160", "LINES": "40"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", *args],
-        cwd=project,
-        env=env,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
-    )
-    os.close(slave)
+def _start(project: Path, args: tuple[str, ...], stdio: tuple[int, int, int], **env: str) -> PrestartedProcess:
+    """`python -m pytest --config grid.yaml ARGS` on the given stdin, stdout and stderr, forked
+    from the prestarted interpreter (the `project` fixture names it in the environment)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    server = full_env.pop(PRESTARTED_ENV)
+    request = {"args": ["-p", "no:cacheprovider", "--config", "grid.yaml", *args], "cwd": str(project), "env": full_env}
+    return PrestartedProcess(Path(server), request, stdio=stdio)
+
+
+def _read_to_end(fd: int) -> str:
     chunks = []
     while True:
         try:
-            data = os.read(master, 65536)
+            data = os.read(fd, 65536)
         except OSError:  # EIO: the child closed the terminal
             break
         if not data:
             break
         chunks.append(data)
-    os.close(master)
-    return proc.wait(timeout=300), b"".join(chunks).decode("utf-8", "replace")
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _run_in_pty(project: Path, *args: str) -> tuple[int, str]:
+    """Run pytest with stdin, stdout and stderr on a pseudo-terminal of 160 x 40; return the text."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = _start(project, args, (slave, slave, slave), COLUMNS="160", LINES="40")
+    os.close(slave)
+    text = _read_to_end(master)
+    return proc.wait(timeout=300), text
 
 
 def _run_without_terminal(project: Path, *args: str) -> tuple[int, str]:
-    """Run pytest with its output in pipes (as in CI); return the exit code and the text."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--config", "grid.yaml", *args],
-        cwd=project,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    return result.returncode, result.stdout + result.stderr
+    """Run pytest with its output in a pipe (as in CI); return the exit code and the text."""
+    read_end, write_end = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    proc = _start(project, args, (null, write_end, write_end))
+    os.close(null)
+    os.close(write_end)
+    text = _read_to_end(read_end)
+    return proc.wait(timeout=300), text
 
 
 @pytest.fixture
