@@ -227,3 +227,16 @@ def test_trust_remote_code_loads_the_folders_own_code_after_the_suite_registered
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(remote(ids).logits, plain(ids).logits)
+
+
+def test_trust_remote_code_without_the_checkpoints_own_code_is_refused(tmp_path: Path) -> None:
+    """trust_remote_code on a folder whose config.json names no code of its own (no
+    auto_map.AutoModel) is refused with what to do, instead of running the suite's model."""
+    folder = write_llada_folder(tmp_path / "tiny", TINY_LLADA_ARCH, seed=0, dtype=torch.float32)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    del config["auto_map"]
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    spec = ModelSpec(name="own", kind="llada", source=str(folder), device="cpu", trust_remote_code=True)
+    with pytest.raises(ValueError, match=r"has no auto_map\.AutoModel; leave trust_remote_code out"):
+        backend("llada").load(spec, str(folder), torch.float32)

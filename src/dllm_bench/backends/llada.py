@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from dllm_bench.backends import llada_moe
@@ -85,18 +85,20 @@ def write_llada_folder(folder: Path, arch: Mapping[str, Any], *, seed: int, dtyp
     )
 
 
-def load_own_code(location: str, dtype: torch.dtype, revision: str | None) -> torch.nn.Module:
-    """A LLaDA checkpoint with the model class of its own code (config.json's
+def load_own_code(
+    location: str, config: Mapping[str, Any], dtype: torch.dtype, revision: str | None
+) -> torch.nn.Module:
+    """A LLaDA checkpoint with the model class of its own code (``config``, its config.json:
     ``auto_map.AutoModel``), resolved directly. ``AutoModel.from_pretrained(...,
     trust_remote_code=True)`` would not do: once the suite has loaded a LLaDA model without
     remote code in this process (:func:`register_llada_auto_classes`), transformers prefers the
     registered class for ``model_type: llada`` and silently loads the suite's model instead."""
-    config, _ = PretrainedConfig.get_config_dict(location, revision=revision)
     reference = config.get("auto_map", {}).get("AutoModel")
     if not isinstance(reference, str):
+        problem = "has no auto_map.AutoModel" if config else "could not be read"
         raise ValueError(
-            f"{location}: trust_remote_code needs the checkpoint's own code, but its config.json has no "
-            "auto_map.AutoModel; leave trust_remote_code out to run the suite's LLaDA model"
+            f"{location}: trust_remote_code needs the checkpoint's own code, but its config.json {problem}; "
+            "leave trust_remote_code out to run the suite's LLaDA model"
         )
     model_class: type[PreTrainedModel] = get_class_from_dynamic_module(reference, location, revision=revision)
     model: torch.nn.Module = model_class.from_pretrained(location, dtype=dtype, revision=revision or "main")
@@ -262,10 +264,11 @@ class LladaBackend(Backend):
     def load(self, spec: ModelSpec, location: str, dtype: torch.dtype) -> torch.nn.Module:
         """A LLaDA-MoE checkpoint (told by its config.json) loads into the suite's LLaDA-MoE
         model, any other into the suite's LLaDA model; with trust_remote_code, with its own code."""
-        if is_lladamoe_config(llada_moe.read_config(location, spec.revision)):
+        config = llada_moe.read_config(location, spec.revision)
+        if is_lladamoe_config(config):
             return llada_moe.load_checkpoint(location, dtype, spec.revision, spec.trust_remote_code)
         if spec.trust_remote_code:
-            return load_own_code(location, dtype, spec.revision)
+            return load_own_code(location, config, dtype, spec.revision)
         register_llada_auto_classes()
         return load_llada_checkpoint(location, dtype=dtype, revision=spec.revision)
 
