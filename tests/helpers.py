@@ -235,10 +235,12 @@ def start_pytest(
     config: str = "grid.yaml",
     env: dict[str, str] | None = None,
     fresh: bool = False,
+    stdio: tuple[int, int, int] | None = None,
 ) -> Process:
     """`python -m pytest --config grid.yaml --output-dir out ARGS` in its own process group,
     with the default SIGINT handler (a shell's `&` would ignore SIGINT); output goes to
-    project/pytest-output.txt. `output_dir=None` leaves --output-dir out.
+    project/pytest-output.txt, or to `stdio` (stdin, stdout, stderr: a terminal, pipes) when
+    given. `output_dir=None` leaves --output-dir out.
 
     The process is forked from the test process's prestarted interpreter (imports done; see
     `tests.prestarted`) when the `project` fixture made one; `fresh=True` starts a new
@@ -249,15 +251,21 @@ def start_pytest(
     where = ["--output-dir", output_dir] if output_dir is not None else []
     pytest_args = ["-p", "no:cacheprovider", "--config", config, *where, *args]
     if server and not fresh:
-        request = {"args": pytest_args, "cwd": str(project), "env": full_env, "log": str(log)}
-        return PrestartedProcess(Path(server), request)
-    with log.open("ab") as output:
+        request: dict[str, Any] = {"args": pytest_args, "cwd": str(project), "env": full_env}
+        if stdio is None:
+            request["log"] = str(log)
+        return PrestartedProcess(Path(server), request, stdio=stdio)
+    with contextlib.ExitStack() as files:
+        if stdio is None:
+            output = files.enter_context(log.open("ab"))
+            stdio = (subprocess.DEVNULL, output.fileno(), output.fileno())
         return subprocess.Popen(
             [sys.executable, "-m", "pytest", *pytest_args],
             cwd=project,
             env=full_env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
             start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )

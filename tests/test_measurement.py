@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FINAL, manifest, rows, sleep_plugin, tiny_config, write_config
+from tests.helpers import FINAL, LLADA_MODEL_CLASS, manifest, rows, sleep_plugin, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,7 @@ def _sleep_plugins(project: pytest.Pytester) -> None:
     """latency_floor (every model, every run) and slowdown (the LLaDA model only, on top of
     the floor, in the slowed run); importable by `-p` in an in-process run."""
     project.syspathinsert()
-    llada = "dllm_bench.models.llada_hf.modeling_llada.LLaDAModelLM"
-    project.makepyfile(latency_floor=sleep_plugin(FLOOR_S), slowdown=sleep_plugin(SLOWDOWN_S, llada))
+    project.makepyfile(latency_floor=sleep_plugin(FLOOR_S), slowdown=sleep_plugin(SLOWDOWN_S, LLADA_MODEL_CLASS))
 
 
 def _only_run_dir(project: pytest.Pytester) -> Path:

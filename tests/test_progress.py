@@ -20,8 +20,7 @@ from tqdm import tqdm
 from dllm_bench import progress as progress_module
 from dllm_bench.progress import CaseProgress, Progress, choose_mode
 from dllm_bench.sinks.manifest import Counts
-from tests.helpers import tiny_config, write_config
-from tests.prestarted import PRESTARTED_ENV, PrestartedProcess
+from tests.helpers import start_pytest, tiny_config, write_config
 
 
 def test_choose_mode() -> None:
@@ -73,15 +72,6 @@ def test_log_mode_logs_progress_lines(caplog: pytest.LogCaptureFixture, monkeypa
     assert len(lines) == 11  # the start, then every 10% of the cases
 
 
-def _start(project: Path, args: tuple[str, ...], stdio: tuple[int, int, int], **env: str) -> PrestartedProcess:
-    """`python -m pytest --config grid.yaml ARGS` on the given stdin, stdout and stderr, forked
-    from the prestarted interpreter (the `project` fixture names it in the environment)."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
-    server = full_env.pop(PRESTARTED_ENV)
-    request = {"args": ["-p", "no:cacheprovider", "--config", "grid.yaml", *args], "cwd": str(project), "env": full_env}
-    return PrestartedProcess(Path(server), request, stdio=stdio)
-
-
 def _read_to_end(fd: int) -> str:
     chunks = []
     while True:
@@ -100,7 +90,7 @@ def _run_in_pty(project: Path, *args: str) -> tuple[int, str]:
     """Run pytest with stdin, stdout and stderr on a pseudo-terminal of 160 x 40; return the text."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    proc = _start(project, args, (slave, slave, slave), COLUMNS="160", LINES="40")
+    proc = start_pytest(project, *args, output_dir=None, env={"COLUMNS": "160", "LINES": "40"}, stdio=(slave,) * 3)
     os.close(slave)
     text = _read_to_end(master)
     return proc.wait(timeout=300), text
@@ -110,7 +100,7 @@ def _run_without_terminal(project: Path, *args: str) -> tuple[int, str]:
     """Run pytest with its output in a pipe (as in CI); return the exit code and the text."""
     read_end, write_end = os.pipe()
     null = os.open(os.devnull, os.O_RDONLY)
-    proc = _start(project, args, (null, write_end, write_end))
+    proc = start_pytest(project, *args, output_dir=None, stdio=(null, write_end, write_end))
     os.close(null)
     os.close(write_end)
     text = _read_to_end(read_end)
