@@ -48,7 +48,7 @@ TASK_LINE = re.compile(r"^dllm-bench-task: (\S+) (.*)$")
 MERGE_LINE = re.compile(r"^dllm-bench-merge: (start|end) (\S+)(.*)$")
 # The slow grid's LLaDA model sleeps this long after each forward pass (a plugin the jobs load
 # through PYTEST_PLUGINS): about a second per case, with the CPU free for the other tests.
-SLOW_FORWARD_S = 0.004
+JOB_FORWARD_SLEEP_S = 0.004
 
 
 # --- the cluster -------------------------------------------------------------------------
@@ -105,10 +105,10 @@ def job_env(model_cache_dir: Path) -> dict[str, str]:
 @pytest.fixture
 def slow_job_env(job_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """`job_env`, with a plugin that makes every LLaDA forward pass of the jobs sleep
-    SLOW_FORWARD_S (for `_slow_grid`)."""
+    JOB_FORWARD_SLEEP_S (for `_slow_grid`)."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "slow_forward.py").write_text(sleep_plugin(SLOW_FORWARD_S, LLADA_MODEL_CLASS), encoding="utf-8")
+    (plugins / "slow_forward.py").write_text(sleep_plugin(JOB_FORWARD_SLEEP_S, LLADA_MODEL_CLASS), encoding="utf-8")
     path = os.pathsep.join(filter(None, [str(plugins), job_env.get("PYTHONPATH", "")]))
     return {**job_env, "PYTHONPATH": path, "PYTEST_PLUGINS": "slow_forward"}
 
