@@ -6,10 +6,10 @@ The end-to-end test injects a real slowdown into the model's forward pass with a
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -67,7 +67,7 @@ def script_env(
     plugins: list[str],
     run: str,
     store: str = "auto",
-    python: str = sys.executable,
+    python: str,
 ) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("GITHUB_")}
     env.update(
@@ -116,6 +116,7 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     interpreter (`tests.prestarted.launcher_script`): the script and its pytest runs as they are,
     without their imports each time."""
     python = str(launcher_script(tmp_path / "python", prestarted_interpreter.socket_path))
+    env_for = functools.partial(script_env, tmp_path, model_cache_dir, python=python)
     summary = load_summary_module()
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -125,9 +126,7 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     history = tmp_path / "history"
 
     # 1. main, no reference yet: passes and becomes the reference.
-    first = run_script(
-        config, script_env(tmp_path, model_cache_dir, branch="main", plugins=["latency_floor"], run="1", python=python)
-    )
+    first = run_script(config, env_for(branch="main", plugins=["latency_floor"], run="1"))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "no reference" in first.stderr
     reference = reference_of(history)
@@ -139,14 +138,7 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     assert "passed" in (tmp_path / "summary-1.md").read_text(encoding="utf-8")
 
     # 2. a branch with the slowdown injected: the gate and pytest-benchmark's comparison fail.
-    slow_env = script_env(
-        tmp_path,
-        model_cache_dir,
-        branch="feature",
-        plugins=["latency_floor", "injected_slowdown"],
-        run="2",
-        python=python,
-    )
+    slow_env = env_for(branch="feature", plugins=["latency_floor", "injected_slowdown"], run="2")
     second = run_script(config, slow_env)
     output = second.stdout + second.stderr
     assert second.returncode == 1, output
@@ -162,9 +154,7 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     assert reference_of(history) == reference  # a branch never replaces main's reference
 
     # 3. the same branch without the slowdown passes against the same reference.
-    third_env = script_env(
-        tmp_path, model_cache_dir, branch="feature", plugins=["latency_floor"], run="3", python=python
-    )
+    third_env = env_for(branch="feature", plugins=["latency_floor"], run="3")
     third = run_script(config, third_env)
     assert third.returncode == 0, third.stdout + third.stderr
     assert f"gating against main's run {reference['run']}" in third.stderr
@@ -172,15 +162,7 @@ def test_gpu_benchmark_fails_on_an_injected_slowdown_and_passes_without_it(
     assert reference_of(history) == reference
 
     # 4. accepting a deliberate slowdown on main: it still fails, but becomes the reference.
-    forced_env = script_env(
-        tmp_path,
-        model_cache_dir,
-        branch="main",
-        plugins=["latency_floor", "injected_slowdown"],
-        run="4",
-        store="force",
-        python=python,
-    )
+    forced_env = env_for(branch="main", plugins=["latency_floor", "injected_slowdown"], run="4", store="force")
     fourth = run_script(config, forced_env)
     assert fourth.returncode == 1, fourth.stdout + fourth.stderr
     assert "accepted as the reference" in fourth.stderr
