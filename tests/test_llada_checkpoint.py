@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,14 +229,30 @@ def test_trust_remote_code_loads_the_folders_own_code_after_the_suite_registered
         assert torch.equal(remote(ids).logits, plain(ids).logits)
 
 
-def test_trust_remote_code_without_the_checkpoints_own_code_is_refused(tmp_path: Path) -> None:
+def _without_auto_map(text: str) -> str:
+    config = json.loads(text)
+    del config["auto_map"]
+    return json.dumps(config)
+
+
+def _truncated(text: str) -> str:
+    return text[: len(text) // 2]
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [(_without_auto_map, r"has no auto_map\.AutoModel"), (_truncated, "could not be read")],
+    ids=["no-auto-map", "unreadable"],
+)
+def test_trust_remote_code_without_the_checkpoints_own_code_is_refused(
+    tmp_path: Path, damage: Callable[[str], str], problem: str
+) -> None:
     """trust_remote_code on a folder whose config.json names no code of its own (no
-    auto_map.AutoModel) is refused with what to do, instead of running the suite's model."""
+    auto_map.AutoModel), or cannot be read, is refused with what to do, instead of running the
+    suite's model."""
     folder = write_llada_folder(tmp_path / "tiny", TINY_LLADA_ARCH, seed=0, dtype=torch.float32)
     config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    del config["auto_map"]
-    config_path.write_text(json.dumps(config), encoding="utf-8")
+    config_path.write_text(damage(config_path.read_text(encoding="utf-8")), encoding="utf-8")
     spec = ModelSpec(name="own", kind="llada", source=str(folder), device="cpu", trust_remote_code=True)
-    with pytest.raises(ValueError, match=r"has no auto_map\.AutoModel; leave trust_remote_code out"):
+    with pytest.raises(ValueError, match=rf"config\.json {problem}; leave trust_remote_code out"):
         backend("llada").load(spec, str(folder), torch.float32)
